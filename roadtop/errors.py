@@ -1,0 +1,7 @@
+"""The one exception roadtop raises for bad input: its message is a single line naming the thing and the fix."""
+
+__all__ = ["RoadtopError"]
+
+
+class RoadtopError(Exception):
+    """Bad input or state: `str(err)` is one line that names the file/thing and says what to do."""

@@ -1,0 +1,41 @@
+"""Where things live: repo root, Kaggle detection, default output folders, atomic writes."""
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["ROOT", "NOTEBOOKS", "iskaggle", "KAGGLE_INPUT", "KAGGLE_WORKING", "default_out", "atomic_write"]
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_WORKING = Path("/kaggle/working")
+
+
+def iskaggle() -> bool:
+    """True inside a Kaggle kernel (as fastkaggle does it: `KAGGLE_KERNEL_RUN_TYPE` is set there)."""
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE", ""))
+
+
+def default_out(*parts) -> Path:
+    """Default output folder: /kaggle/working/... on Kaggle, else <repo>/outputs/..."""
+    base = KAGGLE_WORKING if iskaggle() else ROOT / "outputs"
+    return base.joinpath(*map(str, parts))
+
+
+@contextmanager
+def atomic_write(path, mode="w", **kw):
+    """Open a temp file beside `path`; on success rename it over `path`, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,152 @@
+"""A run plan (params/*.yaml) turned into checked notebook jobs, before anything runs."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import RoadtopError
+from .params import check_arch, notebook_params, validate_params
+from .paths import NOTEBOOKS, ROOT, iskaggle
+
+__all__ = ["STAGES", "DEFAULT_PLAN", "Job", "Plan", "load_plan", "resolve_plan_data"]
+
+# The DAG, in execution order: the probe sizes the runs, the runs feed the ensemble; collab stands alone.
+STAGES = ("probe", "train", "multitarget", "collab", "ensemble")
+PADDY_STAGES = ("probe", "train", "multitarget", "ensemble")
+DEFAULT_PLAN = ROOT / "params" / "demo.yaml"
+_TOP = {"name", "out_dir", "data", "kaggle", *STAGES}
+_DATA = {"path", "demo", "holdout_pct", "holdout_seed"}
+_SET_BY_PIPELINE = {"out_dir", "data_path", "run_dirs"}
+
+
+@dataclass
+class Job:
+    """One notebook execution: its stage (= notebook stem), full parameters and output folder."""
+
+    name: str
+    stage: str
+    notebook: Path
+    params: dict
+    out_dir: Path
+    needs: list = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """A checked run plan: where it came from, where it writes, and its jobs in execution order."""
+
+    name: str
+    source: Path
+    out_dir: Path
+    jobs: list
+    data: dict
+    kaggle: dict = field(default_factory=dict)
+
+    def job(self, name: str) -> Job:
+        """The job called `name`."""
+        for j in self.jobs:
+            if j.name == name:
+                return j
+        raise RoadtopError(f"no job '{name}' in plan {self.source.name}: pick one of {[j.name for j in self.jobs]}")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise RoadtopError(f"{path} does not exist: pass --params with a plan from params/ (e.g. params/demo.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RoadtopError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}): fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise RoadtopError(f"{path}: a plan is a mapping of sections ({', '.join(sorted(_TOP))})")
+    return raw
+
+
+def _section(raw, key, where) -> dict:
+    sec = raw.get(key) or {}
+    if not isinstance(sec, dict):
+        raise RoadtopError(f"{where}: '{key}' must be a mapping of name: value, not {type(sec).__name__}")
+    return sec
+
+
+def _stage_params(stage, overrides, data, where):
+    """Validate `overrides` for `stage`'s notebook, adding the data settings the notebook declares."""
+    nb = NOTEBOOKS / f"{stage}.ipynb"
+    declared = notebook_params(nb)
+    for k in _SET_BY_PIPELINE & set(overrides):
+        raise RoadtopError(f"{where}: '{k}' is set by the pipeline; remove it from the plan (data: path sets data)")
+    shared = {k: v for k, v in data.items() if k in declared and k in ("holdout_pct", "holdout_seed")}
+    return nb, validate_params(nb, {**shared, **overrides}, where)
+
+
+def load_plan(path=None, out_dir=None) -> Plan:
+    """Read and check a plan: unknown keys, types, timm archs and fixed input sizes all fail here, in one line."""
+    path = Path(path or DEFAULT_PLAN)
+    raw = _read_yaml(path)
+    where = path.name
+    extra = sorted(set(raw) - _TOP)
+    if extra:
+        raise RoadtopError(f"{where}: unknown section(s) {extra}: a plan has {sorted(_TOP)}")
+    data = _section(raw, "data", where)
+    bad = sorted(set(data) - _DATA)
+    if bad:
+        raise RoadtopError(f"{where}: unknown data key(s) {bad}: data takes {sorted(_DATA)}")
+    name = str(raw.get("name") or path.stem)
+    out = Path(out_dir or raw.get("out_dir") or ROOT / "outputs")
+    out = out if out.is_absolute() else ROOT / out
+    jobs = []
+    for stage in STAGES:
+        if stage not in raw or raw[stage] is False:
+            continue
+        sec = _section(raw, stage, where)
+        if stage == "train":
+            unknown = sorted(set(sec) - {"defaults", "runs"})
+            if unknown:
+                raise RoadtopError(f"{where}: train takes 'defaults' and 'runs', not {unknown}")
+            defaults = _section(sec, "defaults", f"{where} train")
+            runs = _section(sec, "runs", f"{where} train")
+            if not runs:
+                raise RoadtopError(f"{where}: train.runs is empty: add at least one run (name: {{arch: ...}})")
+            for run, over in runs.items():
+                w = f"{where} run '{run}'"
+                if not isinstance(over, dict):
+                    raise RoadtopError(f"{w}: a run is a mapping of parameters, e.g. {{arch: convnext_small}}")
+                nb, params = _stage_params("train", {**defaults, **over}, data, w)
+                check_arch(params["arch"], params["size"], w)
+                jobs.append(Job(f"train/{run}", "train", nb, params, out / "train" / str(run)))
+        else:
+            nb, params = _stage_params(stage, sec, data, f"{where} {stage}")
+            jobs.append(Job(stage, stage, nb, params, out / stage))
+    names = [j.name for j in jobs]
+    for j in jobs:
+        if j.stage == "ensemble":
+            j.needs = [n for n in names if n.startswith("train/") or n == "multitarget"]
+        elif j.stage in ("train", "multitarget") and "probe" in names:
+            j.needs = ["probe"]
+    plan = Plan(name, path, out, jobs, data, _section(raw, "kaggle", where))
+    for j in plan.jobs:
+        j.params["out_dir"] = str(j.out_dir)
+    return plan
+
+
+def resolve_plan_data(plan: Plan, progress: bool = True) -> Path:
+    """The plan's Paddy folder: `data.path`, Kaggle's input on Kaggle, else the demo (generated when absent)."""
+    from .paddy import make_demo, resolve_data
+
+    if plan.data.get("path") or iskaggle():
+        p = resolve_data(str(plan.data.get("path") or ""))
+    else:
+        demo = dict(plan.data.get("demo") or {})
+        if "size" in demo:
+            demo["size"] = tuple(demo["size"])
+        try:
+            p = make_demo(progress=progress, **demo)
+        except TypeError as e:
+            raise RoadtopError(f"{plan.source.name}: data.demo: {e}: it takes n_train, n_test, size, seed") from None
+    for j in plan.jobs:
+        if "data_path" in notebook_params(j.notebook):
+            j.params["data_path"] = str(p)
+    return p

@@ -1,0 +1,180 @@
+"""Execute a plan's jobs with papermill: skip what is done, isolate failures, write manifests last."""
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .errors import RoadtopError
+from .paths import ROOT, atomic_write
+
+__all__ = ["MANIFEST", "FAILED", "data_fingerprint", "job_fingerprint", "job_state", "execute_job", "run_plan"]
+
+MANIFEST = "manifest.json"
+FAILED = "failed.json"
+
+
+def _sha(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def data_fingerprint(path) -> str:
+    """Names and sizes of every file under the data folder, plus the CSVs' bytes (fast on 14k images)."""
+    path = Path(path)
+    items = []
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            rel = f.relative_to(path).as_posix()
+            items.append(f"{rel}:{f.stat().st_size}")
+            if f.suffix == ".csv":
+                items.append(hashlib.sha256(f.read_bytes()).hexdigest())
+    return _sha(*items)
+
+
+def _notebook_source(nb: Path) -> str:
+    """The notebook's code and markdown, without outputs or metadata (what decides the result)."""
+    cells = json.loads(nb.read_text())["cells"]
+    return json.dumps([(c["cell_type"], "".join(c["source"])) for c in cells])
+
+
+def job_fingerprint(job, data_fp: str, upstream: dict) -> str:
+    """Notebook source + parameters + input data + the fingerprints of the jobs it reads."""
+    params = {k: v for k, v in job.params.items() if k != "out_dir"}
+    return _sha(_notebook_source(job.notebook), json.dumps(params, sort_keys=True, default=str), data_fp,
+                json.dumps({n: upstream.get(n) for n in job.needs}, sort_keys=True))
+
+
+def _read_json(f: Path):
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_state(job, fingerprint=None) -> dict:
+    """{'state': complete|stale|failed|pending, ...}: complete = manifest there, outputs there, fingerprint same."""
+    m = _read_json(job.out_dir / MANIFEST)
+    if m and all((job.out_dir / o).exists() for o in m.get("outputs", [])):
+        if fingerprint is None or m.get("fingerprint") == fingerprint:
+            return {"state": "complete", **m}
+        return {"state": "stale", **m}
+    f = _read_json(job.out_dir / FAILED)
+    if f:
+        return {"state": "failed", **f}
+    return {"state": "pending"}
+
+
+def _cause(e: BaseException) -> str:
+    """One line saying why a notebook failed."""
+    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
+    line = f"{ename}: {evalue}" if ename else f"{type(e).__name__}: {e}"
+    line = " ".join(line.split())
+    return line[:300]
+
+
+def execute_job(job, fingerprint: str, log=print) -> dict:
+    """Run one notebook with papermill into its out_dir; manifest.json (written last) marks it complete."""
+    import papermill as pm
+
+    out = job.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (MANIFEST, FAILED):  # from here until the manifest is rewritten, the job is not complete
+        (out / stale).unlink(missing_ok=True)
+    before = {p.name: p.stat().st_mtime for p in out.iterdir()}
+    executed = out / f"{job.stage}.ipynb"
+    t0 = time.time()
+    try:
+        pm.execute_notebook(str(job.notebook), str(executed), parameters=job.params, cwd=str(job.notebook.parent),
+                            kernel_name="python3", progress_bar=True, log_output=False)
+    except Exception as e:  # noqa: BLE001 - any failure of one job must not stop the others
+        rec = {"job": job.name, "cause": _cause(e), "seconds": round(time.time() - t0, 1),
+               "notebook": executed.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with atomic_write(out / FAILED) as f:
+            json.dump(rec, f, indent=1)
+        return {"state": "failed", **rec}
+    outputs = sorted(p.name for p in out.iterdir()
+                     if p.is_file() and not p.name.startswith(".") and p.name not in (executed.name, MANIFEST)
+                     and (p.name not in before or p.stat().st_mtime != before[p.name]))
+    rec = {"job": job.name, "fingerprint": fingerprint, "seconds": round(time.time() - t0, 1),
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "notebook": executed.name, "outputs": outputs,
+           "params": job.params}
+    with atomic_write(out / MANIFEST) as f:
+        json.dump(rec, f, indent=1, default=str)
+    return {"state": "complete", **rec}
+
+
+def _publish(src: Path, dst: Path):
+    """Copy a finished artifact to a top-level name atomically."""
+    with atomic_write(dst, "wb") as f, open(src, "rb") as s:
+        shutil.copyfileobj(s, f)
+
+
+def run_plan(plan, force=False, only=None, allow_partial=False, log=print) -> int:
+    """Run the plan's jobs in order; returns the exit code (non-zero if any job failed)."""
+    from .plan import resolve_plan_data
+
+    t_start = time.time()
+    data = resolve_plan_data(plan)
+    data_fp = data_fingerprint(data)
+    log(f"plan {plan.name} ({plan.source}): {len(plan.jobs)} jobs, data {data}, outputs {plan.out_dir}")
+    only = set(only or [])
+    unknown = only - {j.name for j in plan.jobs} - {j.name.split("/", 1)[-1] for j in plan.jobs}
+    if unknown:
+        raise RoadtopError(f"--only {sorted(unknown)}: no such job; pick from {[j.name for j in plan.jobs]}")
+    fps, states = {}, {}
+    n = len(plan.jobs)
+    for k, job in enumerate(plan.jobs, 1):
+        fp = job_fingerprint(job, data_fp, fps)
+        fps[job.name] = fp
+        tag = f"[{k}/{n}] {job.name}"
+        picked = not only or job.name in only or job.name.split("/", 1)[-1] in only
+        state = job_state(job, fp)
+        if state["state"] == "complete" and not (force and picked):
+            log(f"{tag}: up to date, skipped ({job.out_dir})")
+            states[job.name] = state
+            continue
+        if not picked:
+            log(f"{tag}: not in --only, left {state['state']}")
+            states[job.name] = state
+            continue
+        if job.stage == "ensemble":
+            done = [d for d in job.needs if states.get(d, {}).get("state") == "complete"]
+            left = [d for d in job.needs if d not in done]
+            if not done:
+                log(f"{tag}: skipped, no complete run to ensemble")
+                states[job.name] = {"state": "pending"}
+                continue
+            if left and not allow_partial:
+                log(f"{tag}: skipped, {len(left)} run(s) not complete ({', '.join(left)}); "
+                    f"--allow-partial ensembles the {len(done)} complete run(s)")
+                states[job.name] = {"state": "pending"}
+                continue
+            if left:
+                log(f"{tag}: left out of the ensemble: {', '.join(left)}")
+            job.params["run_dirs"] = [str(plan.job(d).out_dir) for d in done]
+            fp = fps[job.name] = job_fingerprint(job, data_fp, fps)
+            if job_state(job, fp)["state"] == "complete" and not force:
+                log(f"{tag}: up to date, skipped ({job.out_dir})")
+                states[job.name] = job_state(job, fp)
+                continue
+        log(f"{tag}: running {job.notebook.name} -> {job.out_dir} (elapsed {time.time() - t_start:.0f}s)")
+        state = states[job.name] = execute_job(job, fp, log)
+        if state["state"] == "complete":
+            log(f"{tag}: done in {state['seconds']:.1f}s")
+            if job.stage == "ensemble":
+                _publish(job.out_dir / "submission.csv", plan.out_dir / "submission.csv")
+        else:
+            log(f"{tag}: FAILED after {state['seconds']:.1f}s: {state['cause']} "
+                f"(see {job.out_dir / state['notebook']})")
+    failed = [n for n, s in states.items() if s["state"] == "failed"]
+    log(f"finished in {time.time() - t_start:.0f}s: {sum(s['state'] == 'complete' for s in states.values())} "
+        f"complete, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    sub = plan.out_dir / "submission.csv"
+    if sub.exists() and states.get("ensemble", {}).get("state") == "complete":
+        log(f"submission: {sub}")
+    return 1 if failed else 0
