@@ -4,6 +4,7 @@
     python pipeline.py run [--params params/demo.yaml] [--force] [--only RUN ...] [--allow-partial]
     python pipeline.py validate [--params FILE]      check a plan without running anything
     python pipeline.py status [--params FILE]        each job: complete / failed (cause) / stale / pending
+    python pipeline.py check [--params FILE]         check the data and saved predictions, run nothing
 """
 
 import argparse
@@ -22,7 +23,25 @@ def cmd_run(args) -> int:
     """Run the plan (only what is missing or changed, unless --force)."""
     from roadtop.runner import run_plan
 
-    return run_plan(_plan(args), force=args.force, only=args.only, allow_partial=args.allow_partial)
+    return run_plan(_plan(args), force=args.force, only=args.only, allow_partial=args.allow_partial,
+                    skip_bad=args.skip_bad)
+
+
+def cmd_check(args) -> int:
+    """Check the plan's data (images, train.csv, test ids) and any saved runs, before GPU time is spent."""
+    from roadtop.checks import check_paddy, check_runs_dirs
+    from roadtop.plan import resolve_plan_data
+    from roadtop.runner import MANIFEST
+
+    plan = _plan(args)
+    data = resolve_plan_data(plan)
+    probs = check_paddy(data, plan.data.get("labels"))
+    runs = [j.out_dir for j in plan.jobs if j.stage in ("train", "multitarget") and (j.out_dir / MANIFEST).exists()]
+    probs += check_runs_dirs(runs)
+    for p in probs:
+        print(p)
+    print(f"{data}: {len(probs)} problem(s); {len(runs)} saved run(s) checked")
+    return 1 if probs else 0
 
 
 def cmd_validate(args) -> int:
@@ -64,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="rerun jobs even when up to date")
     r.add_argument("--only", nargs="+", metavar="JOB", help="run just these jobs (e.g. convnext_crop ensemble)")
     r.add_argument("--allow-partial", action="store_true", help="ensemble the complete runs even if some failed")
+    r.add_argument("--skip-bad", action="store_true", help="leave out bad images instead of stopping")
+    add("check", cmd_check, "check the data and saved runs, run nothing")
     add("validate", cmd_validate, "check the plan, run nothing")
     add("status", cmd_status, "show each job's state")
     try:

@@ -82,11 +82,11 @@ def resolve_arch(arch: str) -> str:
     import timm
     from timm.models._registry import get_deprecated_models
 
-    if timm.is_model(arch):
-        return arch
-    new = get_deprecated_models().get(arch)
+    new = get_deprecated_models().get(arch)  # checked first: timm still registers the old names as shims
     if new:
         return new
+    if timm.is_model(arch):
+        return arch
     if "." in arch and timm.is_model(arch.split(".")[0]):
         return arch
     raise RoadtopError(f"unknown timm arch '{arch}': pick one from timm.list_models() (e.g. convnext_small)")

@@ -16,7 +16,7 @@ STAGES = ("probe", "train", "multitarget", "collab", "ensemble")
 PADDY_STAGES = ("probe", "train", "multitarget", "ensemble")
 DEFAULT_PLAN = ROOT / "params" / "demo.yaml"
 _TOP = {"name", "out_dir", "data", "kaggle", *STAGES}
-_DATA = {"path", "demo", "holdout_pct", "holdout_seed"}
+_DATA = {"path", "demo", "holdout_pct", "holdout_seed", "labels", "skip_bad"}
 _SET_BY_PIPELINE = {"out_dir", "data_path", "run_dirs"}
 
 

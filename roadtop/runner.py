@@ -114,7 +114,41 @@ def _publish(src: Path, dst: Path):
         shutil.copyfileobj(s, f)
 
 
-def run_plan(plan, force=False, only=None, allow_partial=False, log=print) -> int:
+def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print) -> list:
+    """Check the Paddy data before anything runs; returns image ids to skip (only with skip_bad), else raises."""
+    from .checks import cached_check, raise_problems
+    from .params import notebook_params
+
+    if not any(j.stage != "collab" for j in plan.jobs):
+        return []
+    probs = cached_check(data, data_fp, plan.out_dir / "checks", plan.data.get("labels"))
+    skip = sorted({p.image for p in probs if p.image}) if skip_bad else []
+    fatal = [p for p in probs if not (skip_bad and p.image)]
+    raise_problems(fatal, f"data check of {data}")
+    if skip:
+        log(f"--skip-bad: leaving out {len(skip)} image(s): {', '.join(skip[:10])}{' ...' if len(skip) > 10 else ''}")
+        for j in plan.jobs:
+            if "skip_images" in notebook_params(j.notebook):
+                j.params["skip_images"] = skip
+    return skip
+
+
+def _bad_members(plan, names) -> dict:
+    """Complete runs whose saved predictions cannot be ensembled: {name: one-line cause}."""
+    from .checks import check_runs_dirs
+
+    bad = {}
+    for n in names:
+        for p in check_runs_dirs([plan.job(n).out_dir]):
+            bad[n] = p.what
+    ok = [n for n in names if n not in bad]
+    for p in check_runs_dirs([plan.job(n).out_dir for n in ok]):
+        culprit = next((n for n in ok if f"run '{Path(plan.job(n).out_dir).name}'" in p.what), ok[-1])
+        bad[culprit] = p.what
+    return bad
+
+
+def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, log=print) -> int:
     """Run the plan's jobs in order; returns the exit code (non-zero if any job failed)."""
     from .plan import resolve_plan_data
 
@@ -122,6 +156,7 @@ def run_plan(plan, force=False, only=None, allow_partial=False, log=print) -> in
     data = resolve_plan_data(plan)
     data_fp = data_fingerprint(data)
     log(f"plan {plan.name} ({plan.source}): {len(plan.jobs)} jobs, data {data}, outputs {plan.out_dir}")
+    check_data(plan, data, data_fp, skip_bad or bool(plan.data.get("skip_bad")), log)
     only = set(only or [])
     unknown = only - {j.name for j in plan.jobs} - {j.name.split("/", 1)[-1] for j in plan.jobs}
     if unknown:
@@ -144,6 +179,10 @@ def run_plan(plan, force=False, only=None, allow_partial=False, log=print) -> in
             continue
         if job.stage == "ensemble":
             done = [d for d in job.needs if states.get(d, {}).get("state") == "complete"]
+            for d, why in _bad_members(plan, done).items():
+                log(f"{tag}: run {d} cannot be ensembled: {why}")
+                states[d] = {"state": "failed", "cause": why}
+                done.remove(d)
             left = [d for d in job.needs if d not in done]
             if not done:
                 log(f"{tag}: skipped, no complete run to ensemble")

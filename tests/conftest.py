@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny generated Paddy dataset and tiny run plans that train in seconds on CPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A 120-image Paddy-layout dataset (48x64 JPEGs), generated once per session."""
+    from roadtop.paddy import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("data") / "paddy", n_train=120, n_test=20, size=(48, 64), seed=1,
+                     progress=False)
+
+
+def tiny_plan(tmp_path, data, runs=None, defaults=None, **sections) -> Path:
+    """Write a plan YAML with 1-epoch tiny-model runs on `data`; returns its path."""
+    plan = {
+        "name": "tiny",
+        "out_dir": str(tmp_path / "out"),
+        "data": {"path": str(data), "holdout_pct": 0.1, "holdout_seed": 42},
+        "train": {
+            "defaults": {"pretrained": False, "finetune": False, "epochs": 1, "tta_n": 1, "seed": 0,
+                         "item_method": "squish", "item_size": 64, "size": 32, **(defaults or {})},
+            "runs": runs or {"res": {"arch": "test_resnet"}, "cnx": {"arch": "test_convnext"}},
+        },
+        "ensemble": {"weights": {"test_resnet": 2}},
+        **sections,
+    }
+    f = tmp_path / "plan.yaml"
+    f.write_text(yaml.safe_dump(plan))
+    return f
+
+
+def pipeline(*args, check=True, **kw) -> subprocess.CompletedProcess:
+    """Run `python pipeline.py ARGS` from the repo root, capturing output."""
+    r = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), *map(str, args)], cwd=ROOT, text=True,
+                       capture_output=True, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"pipeline {args} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
