@@ -42,11 +42,16 @@ def _notebook_source(nb: Path) -> str:
     return json.dumps([(c["cell_type"], "".join(c["source"])) for c in cells])
 
 
-def job_fingerprint(job, data_fp: str, upstream: dict) -> str:
-    """Notebook source + parameters + input data + the fingerprints of the jobs it reads."""
-    params = {k: v for k, v in job.params.items() if k != "out_dir"}
+def job_fingerprint(job, data_fp: str, upstream: dict, members=None) -> str:
+    """Notebook source + parameters + input data + the fingerprints of the jobs it reads.
+
+    Paths the pipeline sets (out_dir, data_path, run_dirs) are left out: the data and upstream fingerprints already
+    say what they hold, so the same plan in another output folder has the same fingerprints.
+    """
+    params = {k: v for k, v in job.params.items() if k not in ("out_dir", "data_path", "run_dirs")}
+    reads = job.needs if members is None else members
     return _sha(_notebook_source(job.notebook), json.dumps(params, sort_keys=True, default=str), data_fp,
-                json.dumps({n: upstream.get(n) for n in job.needs}, sort_keys=True))
+                json.dumps({n: upstream.get(n) for n in reads}, sort_keys=True))
 
 
 def _read_json(f: Path):
@@ -196,7 +201,7 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
             if left:
                 log(f"{tag}: left out of the ensemble: {', '.join(left)}")
             job.params["run_dirs"] = [str(plan.job(d).out_dir) for d in done]
-            fp = fps[job.name] = job_fingerprint(job, data_fp, fps)
+            fp = fps[job.name] = job_fingerprint(job, data_fp, fps, members=done)
             if job_state(job, fp)["state"] == "complete" and not force:
                 log(f"{tag}: up to date, skipped ({job.out_dir})")
                 states[job.name] = job_state(job, fp)

@@ -36,7 +36,7 @@ def tiny_plan(tmp_path, data, runs=None, defaults=None, **sections) -> Path:
         **sections,
     }
     f = tmp_path / "plan.yaml"
-    f.write_text(yaml.safe_dump(plan))
+    f.write_text(yaml.safe_dump(plan, sort_keys=False))
     return f
 
 
