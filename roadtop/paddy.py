@@ -87,7 +87,7 @@ def _counts(total, shares, rng, minimum):
     return dict(zip(names, n.tolist()))
 
 
-def make_demo(path=None, n_train: int = 400, n_test: int = 100, size=(96, 128), seed: int = 42,
+def make_demo(path=None, n_train: int = 600, n_test: int = 100, size=(96, 128), seed: int = 42,
               progress: bool = True) -> Path:
     """Write a Paddy-shaped dataset (real layout, labels and varieties) at `path`, unless it is already there.
 
