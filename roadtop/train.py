@@ -47,12 +47,9 @@ def local_weights(arch: str, weights_dir) -> dict:
     """timm kwargs that load `arch`'s pretrained weights from a local file (internet-off Kaggle kernels)."""
     if not weights_dir:
         return {}
-    d = Path(weights_dir)
-    hits = sorted(f for ext in ("safetensors", "pth", "bin") for f in d.rglob(f"*.{ext}")
-                  if f.name.startswith(arch) or f.parent.name.startswith(arch))
-    if not hits:
-        raise RoadtopError(f"no weights for {arch} in {d}: add {arch}.safetensors (pipeline.py kaggle weights)")
-    return {"pretrained_cfg_overlay": dict(file=str(hits[0]))}
+    from .kaggle_flow import local_pretrained_cfg
+
+    return {"pretrained_cfg_overlay": local_pretrained_cfg(arch, weights_dir)}
 
 
 def learner(dls, arch, pretrained=True, accum=1, metrics=error_rate, weights_dir="", **kw):
