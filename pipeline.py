@@ -5,6 +5,7 @@
     python pipeline.py validate [--params FILE]      check a plan without running anything
     python pipeline.py status [--params FILE]        each job: complete / failed (cause) / stale / pending
     python pipeline.py check [--params FILE]         check the data and saved predictions, run nothing
+    python pipeline.py plan [--params FILE] [--override]   accum, est. peak GiB and time per run vs the budget
 """
 
 import argparse
@@ -54,6 +55,13 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """Per run: accum, est. peak GPU memory and time from the probe; refuse a plan over budget unless --override."""
+    from roadtop.memory import check_plan
+
+    return check_plan(_plan(args), override=args.override)
+
+
 def cmd_status(args) -> int:
     """Show each job's state from its manifest (or failure record)."""
     from roadtop.runner import job_state
@@ -87,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
     add("check", cmd_check, "check the data and saved runs, run nothing")
     add("validate", cmd_validate, "check the plan, run nothing")
     add("status", cmd_status, "show each job's state")
+    pl = add("plan", cmd_plan, "from the memory probe: accum, est. peak GiB and time per run against the budget")
+    pl.add_argument("--override", action="store_true", help="accept a plan over the time or memory budget")
     try:
         from roadtop import kaggle_flow
     except ImportError:

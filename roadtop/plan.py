@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from .errors import RoadtopError
+from .memory import check_accum, probe_runs
 from .params import check_arch, notebook_params, validate_params
 from .paths import NOTEBOOKS, ROOT, iskaggle
 
@@ -17,7 +18,7 @@ PADDY_STAGES = ("probe", "train", "multitarget", "ensemble")
 DEFAULT_PLAN = ROOT / "params" / "demo.yaml"
 _TOP = {"name", "out_dir", "data", "kaggle", *STAGES}
 _DATA = {"path", "demo", "holdout_pct", "holdout_seed", "labels", "skip_bad"}
-_SET_BY_PIPELINE = {"out_dir", "data_path", "run_dirs"}
+_SET_BY_PIPELINE = {"out_dir", "data_path", "run_dirs", "runs"}
 
 
 @dataclass
@@ -120,7 +121,14 @@ def load_plan(path=None, out_dir=None) -> Plan:
         else:
             nb, params = _stage_params(stage, sec, data, f"{where} {stage}")
             jobs.append(Job(stage, stage, nb, params, out / stage))
+    for j in jobs:  # accum: a positive divisor of 64 or "auto" (the memory probe's choice)
+        if "accum" in j.params:
+            check_accum(j.params["accum"], f"{where} {j.name}")
     names = [j.name for j in jobs]
+    if "probe" in names:
+        next(j for j in jobs if j.stage == "probe").params["runs"] = probe_runs(jobs)
+    elif any(j.params.get("accum") == "auto" for j in jobs):
+        raise RoadtopError(f"{where}: accum: auto needs the memory probe: add a `probe:` section (e.g. probe: {{}})")
     for j in jobs:
         if j.stage == "ensemble":
             j.needs = [n for n in names if n.startswith("train/") or n == "multitarget"]

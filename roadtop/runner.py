@@ -169,6 +169,10 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
     fps, states = {}, {}
     n = len(plan.jobs)
     for k, job in enumerate(plan.jobs, 1):
+        if job.stage in ("train", "multitarget") and job.params.get("accum") == "auto":
+            from .memory import resolve_accum
+
+            job.params["accum"] = resolve_accum(plan, job)  # the probe (an earlier job) picked it
         fp = job_fingerprint(job, data_fp, fps)
         fps[job.name] = fp
         tag = f"[{k}/{n}] {job.name}"
