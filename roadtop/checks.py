@@ -56,9 +56,11 @@ def check_paddy(path, labels=None, threads: int = 4) -> list:
     tst = _images(path / "test_images")
     with ThreadPoolExecutor(threads) as ex:
         for f, why in zip(trn + tst, ex.map(check_image, trn + tst)):
-            if why:
+            if why and f in trn:
                 probs.append(Problem(str(f), f"unreadable image ({why})", "replace the file or use --skip-bad",
                                      image=f.name))
+            elif why:  # a test image cannot be skipped: the submission needs a row for it
+                probs.append(Problem(str(f), f"unreadable image ({why})", "restore it from the competition data"))
     seen = {}
     for f in trn:
         if f.parent.parent != path / "train_images":

@@ -52,7 +52,7 @@ class KaggleSettings:
     code_competition: bool = False  # submit the ensemble kernel's version, else its submission.csv
     username: str = ""  # kernel owner; empty: the user the credentials belong to
     slug_prefix: str = ""  # kernel slugs are <prefix>-<run>; empty: roadtop-<plan name>
-    stages: list = field(default_factory=lambda: ["train", "ensemble"])  # what `push` sends without --runs
+    stages: list = field(default_factory=lambda: ["train", "multitarget", "ensemble"])  # what `push` sends without --runs
     enable_gpu: bool = True  # GPU for probe/train/multitarget kernels (ensemble and collab run on CPU)
     accelerator: str = ""  # Kaggle machine shape, e.g. NvidiaTeslaT4; empty: Kaggle's default GPU
     is_private: bool = True  # kernels are private
@@ -230,7 +230,7 @@ def _source_runs(job, slug_of: dict, jobs: dict) -> list:
     wanted = job.params.get("run_dirs") or []
     if not wanted:
         needs = [n for n in job.needs if n in slug_of]
-        return [n for n in needs if jobs[n].stage == "train"] or needs
+        return [n for n in needs if jobs[n].stage in ("train", "multitarget")] or needs
     by_dir = {Path(j.out_dir).resolve(): n for n, j in jobs.items()}
     runs = []
     for d in wanted:

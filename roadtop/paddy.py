@@ -186,11 +186,12 @@ def holdout_ids(image_ids, labels, pct: float, seed: int) -> set:
     return out
 
 
-def split_files(path, holdout_pct: float, holdout_seed: int):
-    """(train files, holdout files): the images under train_images/, the holdout taken out, both sorted."""
+def split_files(path, holdout_pct: float, holdout_seed: int, skip=()):
+    """(train files, holdout files): the images under train_images/ (less `skip` ids), the holdout taken out, sorted."""
     from fastai.vision.all import get_image_files
 
-    files = sorted(get_image_files(Path(path) / "train_images"))
+    skip = set(skip)
+    files = sorted(f for f in get_image_files(Path(path) / "train_images") if f.name not in skip)
     if not files:
         raise RoadtopError(f"{Path(path) / 'train_images'} holds no images: expected train_images/<label>/<id>.jpg")
     held = holdout_ids([f.name for f in files], [f.parent.name for f in files], holdout_pct, holdout_seed)

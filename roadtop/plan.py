@@ -120,6 +120,8 @@ def load_plan(path=None, out_dir=None) -> Plan:
                 jobs.append(Job(f"train/{run}", "train", nb, params, out / "train" / str(run)))
         else:
             nb, params = _stage_params(stage, sec, data, f"{where} {stage}")
+            if "arch" in params and "size" in params:  # multitarget trains a timm model too
+                check_arch(params["arch"], params["size"], f"{where} {stage}")
             jobs.append(Job(stage, stage, nb, params, out / stage))
     for j in jobs:  # accum: a positive divisor of 64 or "auto" (the memory probe's choice)
         if "accum" in j.params:

@@ -124,8 +124,6 @@ def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print
     from .checks import cached_check, raise_problems
     from .params import notebook_params
 
-    if not any(j.stage != "collab" for j in plan.jobs):
-        return []
     probs = cached_check(data, data_fp, plan.out_dir / "checks", plan.data.get("labels"))
     skip = sorted({p.image for p in probs if p.image}) if skip_bad else []
     fatal = [p for p in probs if not (skip_bad and p.image)]
@@ -158,10 +156,13 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
     from .plan import resolve_plan_data
 
     t_start = time.time()
-    data = resolve_plan_data(plan)
-    data_fp = data_fingerprint(data)
+    if any(j.stage != "collab" for j in plan.jobs):  # the Paddy stages: data resolved, fingerprinted, checked
+        data = resolve_plan_data(plan)
+        data_fp = data_fingerprint(data)
+        check_data(plan, data, data_fp, skip_bad or bool(plan.data.get("skip_bad")), log)
+    else:
+        data, data_fp = "(none: collab reads its own)", ""
     log(f"plan {plan.name} ({plan.source}): {len(plan.jobs)} jobs, data {data}, outputs {plan.out_dir}")
-    check_data(plan, data, data_fp, skip_bad or bool(plan.data.get("skip_bad")), log)
     only = set(only or [])
     unknown = only - {j.name for j in plan.jobs} - {j.name.split("/", 1)[-1] for j in plan.jobs}
     if unknown:
@@ -172,7 +173,12 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
         if job.stage in ("train", "multitarget") and job.params.get("accum") == "auto":
             from .memory import resolve_accum
 
-            job.params["accum"] = resolve_accum(plan, job)  # the probe (an earlier job) picked it
+            try:
+                job.params["accum"] = resolve_accum(plan, job)  # the probe (an earlier job) picked it
+            except RoadtopError as e:  # no usable probe: this job cannot start, the others go on
+                states[job.name] = {"state": "failed", "cause": str(e)}
+                log(f"[{k}/{n}] {job.name}: FAILED before starting: {e}")
+                continue
         fp = job_fingerprint(job, data_fp, fps)
         fps[job.name] = fp
         tag = f"[{k}/{n}] {job.name}"

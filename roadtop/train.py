@@ -10,7 +10,7 @@ from fastai.vision.all import (
 
 from .errors import RoadtopError
 
-__all__ = ["ITEM_METHODS", "item_tfm", "batch_size", "dataloaders", "local_weights", "learner", "fit", "tta_probs"]
+__all__ = ["ITEM_METHODS", "item_tfm", "batch_size", "dataloaders", "local_weights", "learner", "channels_first", "fit", "tta_probs"]
 
 ITEM_METHODS = {"squish": ResizeMethod.Squish, "crop": ResizeMethod.Crop, "pad": ResizeMethod.Pad}
 
@@ -58,7 +58,23 @@ def learner(dls, arch, pretrained=True, accum=1, metrics=error_rate, weights_dir
     if pretrained:
         kw.update(local_weights(arch, weights_dir))
     learn = vision_learner(dls, arch, pretrained=pretrained, metrics=metrics, cbs=cbs, **kw)
+    channels_first(learn.model)
     return learn.to_fp16() if torch.cuda.is_available() else learn
+
+
+class _ToNCHW(torch.nn.Module):
+    """Permute channels-last features (N, H, W, C) to the (N, C, H, W) that fastai's pooling head expects."""
+
+    def forward(self, x):
+        return x.permute(0, 3, 1, 2)
+
+
+def channels_first(model):
+    """timm's Swin/SwinV2 bodies return NHWC features; put a permute after the body so fastai's head pools channels."""
+    body = model[0]
+    if getattr(getattr(body, "model", None), "output_fmt", "NCHW") == "NHWC":
+        model[0] = torch.nn.Sequential(body, _ToNCHW())
+    return model
 
 
 def fit(learn, epochs: int, lr: float, finetune: bool = True):

@@ -511,10 +511,10 @@ def test_dry_run_of_the_real_plan(tmp_path, monkeypatch):
     lines = []
     assert kf.push(plan, dry_run=True, log=lines.append) == 0
     folders = sorted(p.parent.name for p in kf.kaggle_dir(plan).glob("*/kernel-metadata.json"))
-    trains = [j for j in plan.jobs if j.stage == "train"]
-    assert len(folders) == len(trains) + 1 == 9
+    trains = [j for j in plan.jobs if j.stage in ("train", "multitarget")]
+    assert len(folders) == len(trains) + 1 == 10
     meta = json.loads((kf.kaggle_dir(plan) / "roadtop-paddy-ensemble" / "kernel-metadata.json").read_text())
     assert meta["kernel_sources"] == [f"someone/roadtop-paddy-{kf.slugify(j.name)}" for j in trains]
     text = (kf.kaggle_dir(plan) / "roadtop-paddy-ensemble" / "roadtop-paddy-ensemble.ipynb").read_text()
     _, p = params_of(text)
-    assert p["weights"] == {"vit_large_patch16_224": 2} and len(p["run_dirs"]) == 8
+    assert p["weights"]["vit_large_patch16_224"] == 2 and len(p["run_dirs"]) == len(trains)

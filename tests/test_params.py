@@ -101,7 +101,7 @@ def test_real_plan_is_jeremys_final_plan():
     assert {p["arch"] for p in runs.values()} == {"convnext_large_in22k", "vit_large_patch16_224",
                                                   "swinv2_large_window12_192_22k", "swin_large_patch4_window7_224"}
     assert len(runs) == 8 and all(p["epochs"] == 12 and p["pretrained"] for p in runs.values())
-    assert plan.job("ensemble").params["weights"] == {"vit_large_patch16_224": 2}
+    assert plan.job("ensemble").params["weights"]["vit_large_patch16_224"] == 2
 
 
 def test_validate_params_returns_defaults_plus_overrides():
