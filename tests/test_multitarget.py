@@ -126,7 +126,6 @@ def test_metrics_json_has_no_nan(tmp_path):
     assert mt.chance_error(10) == pytest.approx(0.9)
 
 
-@pytest.mark.slow
 def test_demo_notebook_learns_both_targets(tmp_path):
     """The demo plan's multitarget job: both errors well below chance, preds the ensemble can read."""
     from roadtop.plan import load_plan, resolve_plan_data

@@ -129,3 +129,7 @@ def test_bad_data_stops_before_any_run(tmp_path, tiny_data):
     assert not (tmp_path / "out" / "train").exists()
     r = pipeline("check", "--params", plan, check=False)
     assert r.returncode == 1 and f"{f}: unreadable image" in r.stdout
+    r = pipeline("run", "--params", plan, "--skip-bad", "--only", "res")
+    assert f"--skip-bad: leaving out 1 image(s): {f.name}" in r.stdout
+    m = json.loads((tmp_path / "out" / "train" / "res" / "manifest.json").read_text())
+    assert m["params"]["skip_images"] == [f.name]
