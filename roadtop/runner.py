@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .errors import RoadtopError
-from .paths import ROOT, atomic_write
+from .paths import atomic_write
 
 __all__ = ["MANIFEST", "FAILED", "data_fingerprint", "job_fingerprint", "job_state", "execute_job", "run_plan"]
 

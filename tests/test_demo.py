@@ -60,7 +60,7 @@ def test_holdout_table_has_every_member_and_the_ensemble(demo):
 
 def test_probe_ran_first_and_sized_every_run(demo):
     plan, out, r, _ = demo
-    assert plan.jobs[0].name == "probe" and "[1/" in r.stdout.split("probe")[0] + "[1/"
+    assert plan.jobs[0].name == "probe" and f"[1/{len(plan.jobs)}] probe: running" in r.stdout
     probe = json.loads((out / "probe" / "probe.json").read_text())
     trains = [j for j in plan.jobs if j.stage == "train"]
     assert set(probe["runs"]) == {j.out_dir.name for j in trains}

@@ -124,32 +124,3 @@ def test_metrics_json_has_no_nan(tmp_path):
     f = mt.save_metrics(tmp_path, {"m": {"a": float("nan"), "b": np.float32(0.5)}})
     assert json.loads(f.read_text()) == {"m": {"a": None, "b": 0.5}}
     assert mt.chance_error(10) == pytest.approx(0.9)
-
-
-def test_demo_notebook_learns_both_targets(tmp_path):
-    """The demo plan's multitarget job: both errors well below chance, preds the ensemble can read."""
-    from roadtop.plan import load_plan, resolve_plan_data
-    from roadtop.preds import load_preds
-    from roadtop.runner import execute_job
-
-    plan = load_plan(out_dir=tmp_path / "out")
-    job = plan.job("multitarget")
-    assert "multitarget" in plan.job("ensemble").needs
-    plan.data["demo"] = {**plan.data["demo"], "path": tmp_path / "data"}  # the demo's data, generated here (~1 s)
-    resolve_plan_data(plan, progress=False)
-    state = execute_job(job, "test")
-    assert state["state"] == "complete", state.get("cause")
-    assert sorted(state["outputs"]) == ["metrics.json", "preds.npz"]
-    m = json.loads((job.out_dir / "metrics.json").read_text())
-    chance = mt.chance_error(10)
-    for split in ("valid", "holdout"):
-        assert m["multitarget"][f"disease_err_{split}"] < 0.5 * chance
-        assert m["multitarget"][f"variety_err_{split}"] < 0.5 * chance
-        assert m["disease_only"][f"disease_err_{split}"] < 0.5 * chance
-        # ADT45 is two thirds of the images: beating "always ADT45" shows the variety is really learnt
-        assert m["multitarget"][f"variety_err_{split}"] < m["most_common_class"][f"variety_err_{split}"]
-        assert m["disease_only"][f"variety_err_{split}"] is None
-    p = load_preds(job.out_dir)
-    assert p.vocab == sorted(p.vocab) and len(p.vocab) == 10 and len(p.test_ids) == 100
-    assert p.valid_error == pytest.approx(m["multitarget"]["disease_err_valid"])
-    assert mt.error(p.holdout_probs, p.vocab, p.holdout_labels) == pytest.approx(m["multitarget"]["disease_err_holdout"])
