@@ -63,7 +63,7 @@ def test_probe_ran_first_and_sized_every_run(demo):
     assert plan.jobs[0].name == "probe" and f"[1/{len(plan.jobs)}] probe: running" in r.stdout
     probe = json.loads((out / "probe" / "probe.json").read_text())
     trains = [j for j in plan.jobs if j.stage == "train"]
-    assert set(probe["runs"]) == {j.out_dir.name for j in trains}
+    assert set(probe["runs"]) == {j.out_dir.name for j in trains} | {"multitarget"}
     assert probe["gpu_measured"] is False  # CPU: speed measured, memory marked as not measured
     for j in trains:  # accum: auto took the probe's choice (1 on CPU)
         assert json.loads((j.out_dir / "manifest.json").read_text())["params"]["accum"] == 1
