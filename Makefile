@@ -20,6 +20,7 @@ test: install  ## the test suite (about 10 minutes on 2 cores)
 
 bench: install  ## benchmarks: demo end-to-end time, collab RMSE/seconds
 	$(PYTHON) bench/demo.py
+	$(PYTHON) bench/collab.py demo
 
 clean:
 	rm -rf outputs $(STAMP)
