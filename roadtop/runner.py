@@ -113,6 +113,16 @@ def execute_job(job, fingerprint: str, log=print) -> dict:
     return {"state": "complete", **rec}
 
 
+def _record_failure(job, cause: str) -> dict:
+    """A job that could not start: failed.json says why (pipeline.py status shows it)."""
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    (job.out_dir / MANIFEST).unlink(missing_ok=True)
+    rec = {"job": job.name, "cause": cause, "seconds": 0.0, "notebook": "", "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with atomic_write(job.out_dir / FAILED) as f:
+        json.dump(rec, f, indent=1)
+    return {"state": "failed", **rec}
+
+
 def _publish(src: Path, dst: Path):
     """Copy a finished artifact to a top-level name atomically."""
     with atomic_write(dst, "wb") as f, open(src, "rb") as s:
@@ -176,7 +186,7 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
             try:
                 job.params["accum"] = resolve_accum(plan, job)  # the probe (an earlier job) picked it
             except RoadtopError as e:  # no usable probe: this job cannot start, the others go on
-                states[job.name] = {"state": "failed", "cause": str(e)}
+                states[job.name] = _record_failure(job, str(e))
                 log(f"[{k}/{n}] {job.name}: FAILED before starting: {e}")
                 continue
         fp = job_fingerprint(job, data_fp, fps)

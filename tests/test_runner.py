@@ -133,3 +133,13 @@ def test_bad_data_stops_before_any_run(tmp_path, tiny_data):
     assert f"--skip-bad: leaving out 1 image(s): {f.name}" in r.stdout
     m = json.loads((tmp_path / "out" / "train" / "res" / "manifest.json").read_text())
     assert m["params"]["skip_images"] == [f.name]
+
+
+def test_auto_accum_without_a_probe_result_fails_that_run_only(tmp_path, tiny_data):
+    plan = tiny_plan(tmp_path, tiny_data, defaults={"accum": "auto"}, runs={"res": {"arch": "test_resnet"}},
+                     probe={"accums": [1, 2], "steps": 1})
+    r = pipeline("run", "--params", plan, "--only", "res", check=False)
+    assert r.returncode == 1 and "train/res: FAILED before starting" in r.stdout
+    failed = json.loads((tmp_path / "out" / "train" / "res" / "failed.json").read_text())
+    assert "probe" in failed["cause"] and "\n" not in failed["cause"]
+    assert "failed" in pipeline("status", "--params", plan).stdout
