@@ -15,7 +15,7 @@ install: $(STAMP)
 demo: install  ## the whole pipeline on the embedded demo -> outputs/submission.csv
 	$(PYTHON) pipeline.py run --params params/demo.yaml
 
-test: install  ## the test suite (about 10 minutes on 2 cores)
+test: install  ## the test suite (about 6 minutes on 2 cores)
 	$(PYTHON) -m pytest -q
 
 bench: install  ## benchmarks: demo end-to-end time, collab RMSE/seconds
