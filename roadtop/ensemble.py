@@ -5,6 +5,7 @@ import pandas as pd
 
 from .errors import RoadtopError
 from .paths import atomic_write
+from .preds import error
 
 __all__ = ["check_runs", "run_weights", "weighted_mean", "submission", "holdout_table", "write_csv"]
 
@@ -58,11 +59,8 @@ def submission(probs, vocab, test_ids, sample: pd.DataFrame) -> pd.DataFrame:
 
 def holdout_table(runs, w) -> pd.DataFrame:
     """Accuracy on the fixed holdout of each member and of the weighted ensemble, side by side."""
-    labels = np.asarray(runs[0].holdout_labels)
-    vocab = np.asarray(runs[0].vocab)
-
     def acc(p):
-        return float((vocab[np.asarray(p).argmax(1)] == labels).mean()) if len(labels) else float("nan")
+        return 1 - error(p, runs[0].vocab, runs[0].holdout_labels)
 
     rows = [dict(run=r.name, arch=r.arch, weight=wi, valid_error=r.valid_error, holdout_accuracy=acc(r.holdout_probs))
             for r, wi in zip(runs, w)]

@@ -15,6 +15,7 @@ from . import train
 from .errors import RoadtopError
 from .paddy import read_train_csv
 from .paths import atomic_write
+from .preds import error
 
 __all__ = [
     "METRICS",
@@ -197,13 +198,6 @@ def tta_target_probs(learn, files, n: int = 4):
     dis = probs[:, :t.n_disease]
     var = probs[:, t.n_disease:] if t.n_variety else None
     return dis, var
-
-
-def error(probs, vocab, labels) -> float:
-    """Share of rows whose argmax class (a name from `vocab`) differs from `labels`; NaN for no rows."""
-    if not len(labels):
-        return float("nan")
-    return float((np.asarray(vocab)[np.asarray(probs).argmax(1)] != np.asarray(labels)).mean())
 
 
 def chance_error(n_classes: int) -> float:

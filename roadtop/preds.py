@@ -9,7 +9,7 @@ import numpy as np
 from .errors import RoadtopError
 from .paths import atomic_write
 
-__all__ = ["PREDS", "RunPreds", "save_preds", "load_preds"]
+__all__ = ["PREDS", "RunPreds", "save_preds", "load_preds", "error"]
 
 PREDS = "preds.npz"
 
@@ -28,6 +28,13 @@ class RunPreds:
     holdout_probs: np.ndarray  # (n_holdout, n_classes)
     valid_error: float = float("nan")
     meta: dict = field(default_factory=dict)
+
+
+def error(probs, vocab, labels) -> float:
+    """Share of rows whose argmax class (a name from `vocab`) differs from `labels`; NaN for no rows."""
+    if not len(labels):
+        return float("nan")
+    return float((np.asarray(vocab)[np.asarray(probs).argmax(1)] != np.asarray(labels)).mean())
 
 
 def save_preds(out_dir, p: RunPreds) -> Path:

@@ -97,11 +97,7 @@ def execute_job(job, fingerprint: str, log=print) -> dict:
         pm.execute_notebook(str(job.notebook), str(executed), parameters=job.params, cwd=str(job.notebook.parent),
                             kernel_name="python3", progress_bar=True, log_output=False)
     except Exception as e:  # noqa: BLE001 - any failure of one job must not stop the others
-        rec = {"job": job.name, "cause": _cause(e), "seconds": round(time.time() - t0, 1),
-               "notebook": executed.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-        with atomic_write(out / FAILED) as f:
-            json.dump(rec, f, indent=1)
-        return {"state": "failed", **rec}
+        return _record_failure(job, _cause(e), seconds=time.time() - t0, notebook=executed.name)
     outputs = sorted(p.name for p in out.iterdir()
                      if p.is_file() and not p.name.startswith(".") and p.name not in (executed.name, MANIFEST)
                      and (p.name not in before or p.stat().st_mtime != before[p.name]))
@@ -113,11 +109,12 @@ def execute_job(job, fingerprint: str, log=print) -> dict:
     return {"state": "complete", **rec}
 
 
-def _record_failure(job, cause: str) -> dict:
-    """A job that could not start: failed.json says why (pipeline.py status shows it)."""
+def _record_failure(job, cause: str, seconds: float = 0.0, notebook: str = "") -> dict:
+    """Write failed.json (the one-line cause `pipeline.py status` shows); the job is then not complete."""
     job.out_dir.mkdir(parents=True, exist_ok=True)
     (job.out_dir / MANIFEST).unlink(missing_ok=True)
-    rec = {"job": job.name, "cause": cause, "seconds": 0.0, "notebook": "", "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    rec = {"job": job.name, "cause": cause, "seconds": round(seconds, 1), "notebook": notebook,
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     with atomic_write(job.out_dir / FAILED) as f:
         json.dump(rec, f, indent=1)
     return {"state": "failed", **rec}
@@ -161,6 +158,26 @@ def _bad_members(plan, names) -> dict:
     return bad
 
 
+def _ensemble_members(plan, job, states, allow_partial, tag, log):
+    """The complete runs whose predictions pass their checks; None when the ensemble should wait."""
+    done = [d for d in job.needs if states.get(d, {}).get("state") == "complete"]
+    for d, why in _bad_members(plan, done).items():
+        log(f"{tag}: run {d} cannot be ensembled: {why}")
+        states[d] = {"state": "failed", "cause": why}
+        done.remove(d)
+    left = [d for d in job.needs if d not in done]
+    if not done:
+        log(f"{tag}: skipped, no complete run to ensemble")
+        return None
+    if left and not allow_partial:
+        log(f"{tag}: skipped, {len(left)} run(s) not complete ({', '.join(left)}); "
+            f"--allow-partial ensembles the {len(done)} complete run(s)")
+        return None
+    if left:
+        log(f"{tag}: left out of the ensemble: {', '.join(left)}")
+    return done
+
+
 def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, log=print) -> int:
     """Run the plan's jobs in order; returns the exit code (non-zero if any job failed)."""
     from .plan import resolve_plan_data
@@ -180,6 +197,7 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
     fps, states = {}, {}
     n = len(plan.jobs)
     for k, job in enumerate(plan.jobs, 1):
+        tag = f"[{k}/{n}] {job.name}"
         if job.stage in ("train", "multitarget") and job.params.get("accum") == "auto":
             from .memory import resolve_accum
 
@@ -187,12 +205,17 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
                 job.params["accum"] = resolve_accum(plan, job)  # the probe (an earlier job) picked it
             except RoadtopError as e:  # no usable probe: this job cannot start, the others go on
                 states[job.name] = _record_failure(job, str(e))
-                log(f"[{k}/{n}] {job.name}: FAILED before starting: {e}")
+                log(f"{tag}: FAILED before starting: {e}")
                 continue
-        fp = job_fingerprint(job, data_fp, fps)
-        fps[job.name] = fp
-        tag = f"[{k}/{n}] {job.name}"
         picked = not only or job.name in only or job.name.split("/", 1)[-1] in only
+        members = None
+        if job.stage == "ensemble":  # which runs it reads decides its parameters, so pick them first
+            members = _ensemble_members(plan, job, states, allow_partial, tag, log if picked else (lambda _: None))
+            if members is None:
+                states[job.name] = {"state": "pending"}
+                continue
+            job.params["run_dirs"] = [str(plan.job(d).out_dir) for d in members]
+        fp = fps[job.name] = job_fingerprint(job, data_fp, fps, members)
         state = job_state(job, fp)
         if state["state"] == "complete" and not (force and picked):
             log(f"{tag}: up to date, skipped ({job.out_dir})")
@@ -202,30 +225,6 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
             log(f"{tag}: not in --only, left {state['state']}")
             states[job.name] = state
             continue
-        if job.stage == "ensemble":
-            done = [d for d in job.needs if states.get(d, {}).get("state") == "complete"]
-            for d, why in _bad_members(plan, done).items():
-                log(f"{tag}: run {d} cannot be ensembled: {why}")
-                states[d] = {"state": "failed", "cause": why}
-                done.remove(d)
-            left = [d for d in job.needs if d not in done]
-            if not done:
-                log(f"{tag}: skipped, no complete run to ensemble")
-                states[job.name] = {"state": "pending"}
-                continue
-            if left and not allow_partial:
-                log(f"{tag}: skipped, {len(left)} run(s) not complete ({', '.join(left)}); "
-                    f"--allow-partial ensembles the {len(done)} complete run(s)")
-                states[job.name] = {"state": "pending"}
-                continue
-            if left:
-                log(f"{tag}: left out of the ensemble: {', '.join(left)}")
-            job.params["run_dirs"] = [str(plan.job(d).out_dir) for d in done]
-            fp = fps[job.name] = job_fingerprint(job, data_fp, fps, members=done)
-            if job_state(job, fp)["state"] == "complete" and not force:
-                log(f"{tag}: up to date, skipped ({job.out_dir})")
-                states[job.name] = job_state(job, fp)
-                continue
         log(f"{tag}: running {job.notebook.name} -> {job.out_dir} (elapsed {time.time() - t_start:.0f}s)")
         state = states[job.name] = execute_job(job, fp, log)
         if state["state"] == "complete":
