@@ -1,123 +1,24 @@
 #!/usr/bin/env python
-"""roadtop's command line: run the notebook DAG with papermill, inspect it, push it to Kaggle.
+"""roadtop's command line: run the notebook DAG with papermill (roadtop.dag.cli), push it to Kaggle (roadtop.kaggle.cli).
 
-    python pipeline.py run [--params params/demo.yaml] [--force] [--only RUN ...] [--allow-partial]
-    python pipeline.py validate [--params FILE]      check a plan without running anything
-    python pipeline.py status [--params FILE]        each job: complete / failed (cause) / stale / pending
-    python pipeline.py check [--params FILE]         check the data and saved predictions, run nothing
-    python pipeline.py plan [--params FILE] [--override]   accum, est. peak GiB and time per run vs the budget
+    python pipeline.py run | validate | status | check | plan   [--params params/demo.yaml] ...
+    python pipeline.py kaggle push | status | collect | submit | weights
 """
 
-import argparse
 import sys
-import time
 
-from roadtop.errors import RoadtopError
-from roadtop.plan import DEFAULT_PLAN, load_plan
-
-
-def _plan(args):
-    return load_plan(args.params, getattr(args, "out", None))
+from roadtop.dag import cli
+from roadtop.kaggle.cli import add_subcommands
 
 
-def cmd_run(args) -> int:
-    """Run the plan (only what is missing or changed, unless --force)."""
-    from roadtop.runner import run_plan
-
-    return run_plan(_plan(args), force=args.force, only=args.only, allow_partial=args.allow_partial,
-                    skip_bad=args.skip_bad)
-
-
-def cmd_check(args) -> int:
-    """Check the plan's data (images, train.csv, test ids) and any saved runs, before GPU time is spent."""
-    from roadtop.checks import check_paddy, check_runs_dirs
-    from roadtop.plan import resolve_plan_data
-    from roadtop.runner import MANIFEST
-
-    plan = _plan(args)
-    data = resolve_plan_data(plan)
-    probs = check_paddy(data, plan.data.get("labels"))
-    runs = [j.out_dir for j in plan.jobs if j.stage in ("train", "multitarget") and (j.out_dir / MANIFEST).exists()]
-    probs += check_runs_dirs(runs)
-    for p in probs:
-        print(p)
-    print(f"{data}: {len(probs)} problem(s); {len(runs)} saved run(s) checked")
-    return 1 if probs else 0
-
-
-def cmd_validate(args) -> int:
-    """Check the plan and list its jobs."""
-    plan = _plan(args)
-    for j in plan.jobs:
-        shown = {k: v for k, v in j.params.items() if k in ("arch", "item_method", "item_size", "size", "accum", "epochs")}
-        print(f"{j.name:32s} {j.notebook.name:18s} {shown if shown else ''}")
-    print(f"{plan.source}: OK, {len(plan.jobs)} jobs -> {plan.out_dir}")
-    return 0
-
-
-def cmd_plan(args) -> int:
-    """Per run: accum, est. peak GPU memory and time from the probe; refuse a plan over budget unless --override."""
-    from roadtop.memory import check_plan
-
-    return check_plan(_plan(args), override=args.override)
-
-
-def cmd_status(args) -> int:
-    """Show each job's state from its manifest (or failure record)."""
-    from roadtop.runner import job_state
-
-    plan = _plan(args)
-    for j in plan.jobs:
-        s = job_state(j)
-        extra = {"complete": lambda: f"{s.get('seconds', 0):.0f}s, {s.get('finished', '')}",
-                 "failed": lambda: s.get("cause", ""), "pending": lambda: ""}[s["state"]]()
-        print(f"{j.name:32s} {s['state']:9s} {extra}")
-    return 0
-
-
-def parser() -> argparse.ArgumentParser:
-    """The CLI's argument parser."""
-    p = argparse.ArgumentParser(prog="pipeline.py", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    def add(name, func, help):
-        sp = sub.add_parser(name, help=help)
-        sp.add_argument("--params", default=str(DEFAULT_PLAN), help="run plan YAML (default: params/demo.yaml)")
-        sp.add_argument("--out", default=None, help="output folder (default: the plan's out_dir, else outputs/)")
-        sp.set_defaults(func=func)
-        return sp
-
-    r = add("run", cmd_run, "run the plan's notebooks with papermill, then the ensemble")
-    r.add_argument("--force", action="store_true", help="rerun jobs even when up to date")
-    r.add_argument("--only", nargs="+", metavar="JOB", help="run just these jobs (e.g. convnext_crop ensemble)")
-    r.add_argument("--allow-partial", action="store_true", help="ensemble the complete runs even if some failed")
-    r.add_argument("--skip-bad", action="store_true", help="leave out bad images instead of stopping")
-    add("check", cmd_check, "check the data and saved runs, run nothing")
-    add("validate", cmd_validate, "check the plan, run nothing")
-    add("status", cmd_status, "show each job's state")
-    pl = add("plan", cmd_plan, "from the memory probe: accum, est. peak GiB and time per run against the budget")
-    pl.add_argument("--override", action="store_true", help="accept a plan over the time or memory budget")
-    try:
-        from roadtop import kaggle_flow
-    except ImportError:
-        kaggle_flow = None
-    if kaggle_flow is not None:
-        kaggle_flow.add_subcommands(sub.add_parser("kaggle", help="push runs as Kaggle kernels, poll, collect, submit"))
-    return p
+def _kaggle(sub):
+    """The `kaggle` command and its subcommands."""
+    add_subcommands(sub.add_parser("kaggle", help="push runs as Kaggle kernels, poll, collect, submit"))
 
 
 def main(argv=None) -> int:
-    """Entry point: one clear line and exit code 2 on bad input."""
-    args = parser().parse_args(argv)
-    t0 = time.time()
-    try:
-        return args.func(args)
-    except RoadtopError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted after {time.time() - t0:.0f}s; rerun to finish what is missing", file=sys.stderr)
-        return 130
+    """`pipeline.py ARGS`: the local pipeline's commands plus `kaggle`."""
+    return cli.main(argv, extra=[_kaggle])
 
 
 if __name__ == "__main__":

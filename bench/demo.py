@@ -23,7 +23,7 @@ def main():
     ap.add_argument("--goal", type=float, default=180.0, help="seconds the demo may take")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from roadtop.plan import load_plan, resolve_plan_data
+    from roadtop.dag.plan import load_plan, resolve_plan_data
 
     resolve_plan_data(load_plan(args.params), progress=False)  # generation is install-time work, not timed
     with tempfile.TemporaryDirectory() as out:

@@ -2,7 +2,7 @@
 """GPU check of the memory probe: Lesson 7's five big runs under an emulated 16 GiB budget, on one GPU.
 
 For each of convnext_large 224 and 320x240, vit_large 224, swinv2_large 192 and swin_large 224 (random weights,
-pretrained=False: no internet needed) it runs roadtop.memory's probe (fp16, accum 1, 2, 4, 8 until one fits under
+pretrained=False: no internet needed) it runs roadtop.probe's probe (fp16, accum 1, 2, 4, 8 until one fits under
 budget - margin) on generated 480x640 JPEGs in the Paddy layout, then trains ~20 batches at the chosen accum under
 the same cap to show the choice really fits. Prints (and writes to --out) a table: run, accum chosen, probe peak,
 real peak, seconds of probing, seconds per image, and the lesson's process-total MB at bs 32 for comparison.
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     import timm
     import torch
 
-    from roadtop import memory
+    from roadtop import accum as accums, probe
     from roadtop.paddy import make_demo, split_files
 
     out = Path(a.out)
@@ -74,15 +74,15 @@ def main(argv=None) -> int:
     size = (96, 128) if a.tiny else (480, 640)
     data = make_demo(Path(a.data or out) / f"data-{size[0]}x{size[1]}", n_train=300, n_test=8, size=size, seed=0, progress=False)
     files, _ = split_files(data, 0.0, 0)
-    probe_files = memory.probe_files(files, 0, memory.images_needed(a.steps))
-    info = memory.device_info()
-    info["emulated_fraction"] = memory.emulate_budget(a.budget)
+    probe_files = probe.probe_files(files, 0, probe.images_needed(a.steps))
+    info = probe.device_info()
+    info["emulated_fraction"] = probe.emulate_budget(a.budget)
     versions = {"torch": torch.__version__, "timm": timm.__version__, "fastai": fastai.__version__,
                 "python": platform.python_version()}
     print(f"{info} {versions}; data {len(files)} images {size}, ready in {time.time() - t_start:.0f}s", flush=True)
 
     def fits(r):
-        return memory.trial_fits(r, a.budget, a.margin)
+        return accums.trial_fits(r, a.budget, a.margin)
 
     rows = []
     for name, (arch, item_size, sz, lesson_mb) in runs.items():
@@ -92,14 +92,14 @@ def main(argv=None) -> int:
             continue
         spec = {"arch": arch, "item_method": "squish", "item_size": item_size, "size": sz}
         t0 = time.time()
-        trials = memory.probe_run(spec, [1, 2, 4, 8], lambda acc, s=spec: memory.probe_trial(
+        trials = probe.probe_run(spec, [1, 2, 4, 8], lambda acc, s=spec: probe.probe_trial(
             data, probe_files, s, acc, steps=a.steps), fits)
         probe_s = time.time() - t0
-        accum, why = memory.choose_accum(trials, a.budget, a.margin)
+        accum, why = accums.choose_accum(trials, a.budget, a.margin)
         chosen = next((t for t in trials if t["accum"] == accum), None)
         real = None
         if accum is not None:
-            real = memory.probe_trial(data, files, spec, accum, steps=1, batches=accum + a.real_batches)
+            real = probe.probe_trial(data, files, spec, accum, steps=1, batches=accum + a.real_batches)
         rows.append({"run": name, "arch": arch, "size": sz, "accum": accum, "why": why,
                      "probe_peak_gb": chosen and chosen["peak_reserved_gb"],
                      "probe_alloc_gb": chosen and chosen["peak_allocated_gb"],

@@ -143,7 +143,11 @@ def collab_dls(train: pd.DataFrame, valid: pd.DataFrame, bs: int = 64, user_name
                rating_name="rating", seed: int | None = None):
     """fastai `DataLoaders` for collab on a split we chose (what `CollabDataLoaders.from_df` builds, minus its
     random split), so fastai models and `fit_collab` are scored on the very same ratings."""
-    from fastai.collab import Categorify, TabularCollab, TransformBlock  # lazy: fastai takes seconds to import
+    from fastai.collab import (  # lazy: fastai takes seconds to import
+        Categorify,
+        TabularCollab,
+        TransformBlock,
+    )
 
     cols = [user_name, item_name, rating_name]
     df = pd.concat([train[cols], valid[cols]], ignore_index=True)

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastai.data.transforms import get_image_files
+from fastprogress.fastprogress import progress_bar
+from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import RoadtopError
 from .paths import KAGGLE_INPUT, default_out, iskaggle
@@ -56,8 +59,6 @@ def _variety_look(i):
 
 def _draw(rng, label, variety, size):
     """One synthetic leaf photo (PIL image, `size`=(w, h)) whose lesions say the disease and leaf the variety."""
-    from PIL import Image, ImageDraw, ImageFilter
-
     w, h = size
     base, spacing = _variety_look(VARIETIES.index(variety))
     base = np.clip(np.array(base) + rng.normal(0, 8, 3), 0, 255)
@@ -115,8 +116,6 @@ def make_demo(path=None, n_train: int = 600, n_test: int = 100, size=(96, 128), 
         test_vars = rng.choice(VARIETIES, size=n_test, p=p_var)
         for i, (lab, var) in enumerate(zip(test_labels, test_vars)):
             jobs.append((tmp / "test_images" / f"{200001 + i}.jpg", lab, var))
-        from fastprogress.fastprogress import progress_bar
-
         for dest, lab, var in progress_bar(jobs, display=progress, leave=False):
             dest.parent.mkdir(parents=True, exist_ok=True)
             _draw(np.random.default_rng([seed, int(dest.stem)]), lab, var, (w, h)).save(dest, quality=90)
@@ -188,8 +187,6 @@ def holdout_ids(image_ids, labels, pct: float, seed: int) -> set:
 
 def split_files(path, holdout_pct: float, holdout_seed: int, skip=()):
     """(train files, holdout files): the images under train_images/ (less `skip` ids), the holdout taken out, sorted."""
-    from fastai.vision.all import get_image_files
-
     skip = set(skip)
     files = sorted(f for f in get_image_files(Path(path) / "train_images") if f.name not in skip)
     if not files:
@@ -200,8 +197,6 @@ def split_files(path, holdout_pct: float, holdout_seed: int, skip=()):
 
 def test_files(path):
     """The test images, sorted by name (the order every run saves its predictions in)."""
-    from fastai.vision.all import get_image_files
-
     files = sorted(get_image_files(Path(path) / "test_images"), key=lambda f: f.name)
     if not files:
         raise RoadtopError(f"{Path(path) / 'test_images'} holds no images: expected test_images/<id>.jpg")

@@ -4,11 +4,22 @@ from pathlib import Path
 
 import torch
 from fastai.vision.all import (
-    CategoryBlock, DataBlock, GradientAccumulation, ImageBlock, RandomSplitter, Resize, ResizeMethod,
-    aug_transforms, error_rate, parent_label, set_seed, vision_learner,
+    CategoryBlock,
+    DataBlock,
+    GradientAccumulation,
+    ImageBlock,
+    RandomSplitter,
+    Resize,
+    ResizeMethod,
+    aug_transforms,
+    error_rate,
+    parent_label,
+    set_seed,
+    vision_learner,
 )
 
 from .errors import RoadtopError
+from .weights import local_pretrained_cfg
 
 __all__ = ["ITEM_METHODS", "item_tfm", "batch_size", "dataloaders", "local_weights", "learner", "channels_first", "fit", "tta_probs"]
 
@@ -47,8 +58,6 @@ def local_weights(arch: str, weights_dir) -> dict:
     """timm kwargs that load `arch`'s pretrained weights from a local file (internet-off Kaggle kernels)."""
     if not weights_dir:
         return {}
-    from .kaggle_flow import local_pretrained_cfg
-
     return {"pretrained_cfg_overlay": local_pretrained_cfg(arch, weights_dir)}
 
 

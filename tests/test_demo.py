@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, pipeline
-from roadtop.plan import load_plan, resolve_plan_data
+from roadtop.dag.plan import load_plan, resolve_plan_data
 from roadtop.preds import load_preds
 
 DEMO = ROOT / "params" / "demo.yaml"

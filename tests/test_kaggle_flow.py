@@ -1,4 +1,4 @@
-"""roadtop.kaggle_flow against a fake Kaggle API on 127.0.0.1, driven through the real `kaggle` client."""
+"""roadtop.kaggle against a fake Kaggle API on 127.0.0.1, driven through the real `kaggle` client."""
 
 import importlib.util
 import io
@@ -13,10 +13,11 @@ from kaggle.api.kaggle_api_extended import KaggleApi
 from kagglesdk import kaggle_env
 from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
 
-from roadtop import kaggle_flow as kf
+from roadtop import weights
+from roadtop.kaggle import client, datasets, flow, kernels, record, settings
 from roadtop.errors import RoadtopError
 from roadtop.paths import ROOT
-from roadtop.plan import load_plan
+from roadtop.dag.plan import load_plan
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_kaggle import FakeKaggle  # noqa: E402
@@ -46,7 +47,7 @@ def fake(monkeypatch, tmp_path):
 
 @pytest.fixture
 def plan(tmp_path):
-    """A real plan (roadtop.plan.load_plan): two training runs (one pretrained) and the ensemble."""
+    """A real plan (roadtop.dag.plan.load_plan): two training runs (one pretrained) and the ensemble."""
     p = tmp_path / "kdemo.yaml"
     p.write_text(f"""
 name: kdemo
@@ -93,10 +94,10 @@ def push_all(plan, fake, **kw):
     """Push the trains, let them COMPLETE, push the ensemble, let it COMPLETE; returns the log lines."""
     lines = []
     kw.setdefault("sleep", Sleeps())
-    assert kf.push(plan, log=lines.append, **kw) == 0
+    assert flow.push(plan, log=lines.append, **kw) == 0
     for run in ("train/convnext", "train/resnet"):
         fake.set_statuses(ref(run), "COMPLETE")
-    assert kf.push(plan, log=lines.append, **kw) == 0
+    assert flow.push(plan, log=lines.append, **kw) == 0
     fake.set_statuses(ref("ensemble"), "COMPLETE")
     return lines
 
@@ -104,7 +105,7 @@ def push_all(plan, fake, **kw):
 # ---- push --------------------------------------------------------------------------------------------------
 def test_push_sends_training_kernels_then_the_ensemble_that_reads_them(plan, fake):
     lines = []
-    assert kf.push(plan, log=lines.append, sleep=Sleeps()) == 0
+    assert flow.push(plan, log=lines.append, sleep=Sleeps()) == 0
     saves = fake.calls("SaveKernel")
     assert [s["slug"] for s in saves] == [ref("train/convnext"), ref("train/resnet")]  # ensemble waits
     assert lines[-1].startswith("ensemble: waits for train/convnext (RUNNING), train/resnet (RUNNING) to")
@@ -124,14 +125,14 @@ def test_push_sends_training_kernels_then_the_ensemble_that_reads_them(plan, fak
     assert "roadtop-bootstrap" in nb.cells[0].metadata["tags"]
     assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
 
-    folder = kf.kaggle_dir(plan) / "roadtop-kdemo-train-convnext"
+    folder = settings.kaggle_dir(plan) / "roadtop-kdemo-train-convnext"
     meta = json.loads((folder / "kernel-metadata.json").read_text())
     assert meta["id"] == ref("train/convnext") and meta["kernel_type"] == "notebook"
     assert meta["enable_internet"] is False and (folder / meta["code_file"]).exists()
 
     for run in ("train/convnext", "train/resnet"):
         fake.set_statuses(ref(run), "COMPLETE")
-    assert kf.push(plan, log=lines.append, sleep=Sleeps()) == 0
+    assert flow.push(plan, log=lines.append, sleep=Sleeps()) == 0
     saves = fake.calls("SaveKernel")
     assert len(saves) == 3  # trains unchanged: not pushed again
     e = saves[2]
@@ -142,7 +143,7 @@ def test_push_sends_training_kernels_then_the_ensemble_that_reads_them(plan, fak
     assert p["run_dirs"] == ["/kaggle/input/roadtop-kdemo-train-convnext/convnext",
                              "/kaggle/input/roadtop-kdemo-train-resnet/resnet"]
     assert p["out_dir"] == "/kaggle/working"
-    state = kf.load_state(plan)["kernels"]
+    state = record.load_state(plan)["kernels"]
     assert state["ensemble"]["version"] == 1 and state["train/convnext"]["status"] == "COMPLETE"
 
 
@@ -150,7 +151,7 @@ def test_push_wait_polls_until_the_trainings_complete(plan, fake):
     fake.set_statuses(ref("train/convnext"), "QUEUED", "RUNNING", "COMPLETE")
     fake.set_statuses(ref("train/resnet"), "RUNNING", "COMPLETE")
     sleeps = Sleeps()
-    assert kf.push(plan, wait=True, log=lambda s: None, sleep=sleeps) == 0
+    assert flow.push(plan, wait=True, log=lambda s: None, sleep=sleeps) == 0
     assert [s["slug"] for s in fake.calls("SaveKernel")][-1] == ref("ensemble")
     assert sleeps == [7, 7]  # poll_interval, until both trainings said COMPLETE
 
@@ -158,16 +159,16 @@ def test_push_wait_polls_until_the_trainings_complete(plan, fake):
 def test_push_does_not_send_the_ensemble_after_a_training_error(plan, fake):
     fake.set_statuses(ref("train/resnet"), "ERROR", failure="CUDA out of memory")
     lines = []
-    assert kf.push(plan, wait=True, log=lines.append, sleep=Sleeps()) == 1
+    assert flow.push(plan, wait=True, log=lines.append, sleep=Sleeps()) == 1
     assert ref("ensemble") not in [s["slug"] for s in fake.calls("SaveKernel")]
     assert any(ln.startswith("ensemble: not pushed: train/resnet ended in ERROR") for ln in lines)
 
 
 def test_bootstrap_cell_brings_roadtop_into_a_bare_python(plan, fake, tmp_path):
-    kf.push(plan, log=lambda s: None, sleep=Sleeps())
+    flow.push(plan, log=lambda s: None, sleep=Sleeps())
     nb = nbformat.reads(fake.calls("SaveKernel")[0]["text"], as_version=4)
     boot = nb.cells[0].source
-    sent = sorted(m for m in kf._modules(nb, ROOT / "roadtop"))  # what train.ipynb imports, and their imports
+    sent = sorted(m for m in kernels._modules(nb, ROOT / "roadtop"))  # what train.ipynb imports, and their imports
     assert {"train.py", "preds.py", "paddy.py"} <= set(sent)
     code = boot + "\nimport roadtop.paths\nprint(roadtop.paths.__file__)"
     # -I -S: no site-packages, so no installed roadtop: only the inline copy can answer the import
@@ -189,7 +190,7 @@ def test_ensemble_kernel_runs_as_on_kaggle(plan, tmp_path, monkeypatch):
     from roadtop import paddy, preds
 
     kag = tmp_path / "kaggle"
-    data = paddy.make_demo(kag / "input" / "competitions" / kf.COMPETITION, 60, 12, size=(32, 48),
+    data = paddy.make_demo(kag / "input" / "competitions" / settings.COMPETITION, 60, 12, size=(32, 48),
                            progress=False)
     trn, hold = paddy.split_files(data, 0.1, 42)
     tst = paddy.test_files(data)
@@ -200,7 +201,7 @@ def test_ensemble_kernel_runs_as_on_kaggle(plan, tmp_path, monkeypatch):
         p = preds.RunPreds(run, f"test_{run}", vocab, [f.name for f in tst], probs[0], [f.name for f in hold],
                            [f.parent.name for f in hold], probs[1])
         preds.save_preds(kag / "input" / "notebooks" / USER / f"roadtop-kdemo-train-{run}" / run, p)
-    ens = kf.build_kernels(plan, plan.jobs, USER, log=lambda s: None)[-1]
+    ens = kernels.build_kernels(plan, plan.jobs, USER, log=lambda s: None)[-1]
     nb = tmp_path / "ensemble.ipynb"
     nb.write_text((ens.folder / ens.meta["code_file"]).read_text().replace("/kaggle/", f"{kag}/"))
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")  # roadtop.paths.iskaggle() is True in the kernel
@@ -213,32 +214,32 @@ def test_ensemble_kernel_runs_as_on_kaggle(plan, tmp_path, monkeypatch):
 
 
 def test_params_are_refused_when_a_kernel_could_not_run(plan, tmp_path):
-    st = kf.settings(plan)
+    st = settings.settings(plan)
     job = plan.job("train/convnext")
-    slugs = {j.name: kf.kernel_slug(st.slug_prefix, j.name) for j in plan.jobs}
+    slugs = {j.name: settings.kernel_slug(st.slug_prefix, j.name) for j in plan.jobs}
     with pytest.raises(RoadtopError, match="train/convnext: pretrained=True needs local weights"):
-        kf.kaggle_params(job, slugs, kf.KaggleSettings(), {j.name: j for j in plan.jobs})
+        kernels.kaggle_params(job, slugs, settings.KaggleSettings(), {j.name: j for j in plan.jobs})
     job.params["item_method"] = str(tmp_path)
     with pytest.raises(RoadtopError, match="item_method=.* is a path on this machine"):
-        kf.kaggle_params(job, slugs, st, {j.name: j for j in plan.jobs})
+        kernels.kaggle_params(job, slugs, st, {j.name: j for j in plan.jobs})
     plan.kaggle["gpu"] = True
     with pytest.raises(RoadtopError, match="kaggle.gpu is unknown"):
-        kf.settings(plan)
+        settings.settings(plan)
 
 
 def test_slugs_are_kaggle_slugs_whose_titles_map_back():
     for run in ("train/convnext_large_in22k-(320,224)", "ensemble", "train/" + "x" * 80):
-        s = kf.kernel_slug("roadtop-real", run)
-        assert 5 <= len(s) <= 50 and kaggle_slugify(kf.kernel_title(s)) == s
+        s = settings.kernel_slug("roadtop-real", run)
+        assert 5 <= len(s) <= 50 and kaggle_slugify(settings.kernel_title(s)) == s
 
 
 # ---- status ------------------------------------------------------------------------------------------------
 def test_status_polls_through_queued_running_to_complete_and_error(plan, fake):
-    kf.push(plan, log=lambda s: None, sleep=Sleeps())
+    flow.push(plan, log=lambda s: None, sleep=Sleeps())
     fake.set_statuses(ref("train/convnext"), "QUEUED", "RUNNING", "RUNNING", "COMPLETE")
     fake.set_statuses(ref("train/resnet"), "QUEUED", "RUNNING", "ERROR", failure="Exceeded time limit")
     out, lines, sleeps = io.StringIO(), [], Sleeps()
-    rc = kf.status(plan, interval=3, out=out, log=lines.append, sleep=sleeps)
+    rc = flow.status(plan, interval=3, out=out, log=lines.append, sleep=sleeps)
     assert rc == 1  # one kernel ended in ERROR
     seen = {"convnext": [], "resnet": []}
     for block in out.getvalue().split("[")[1:]:
@@ -250,11 +251,11 @@ def test_status_polls_through_queued_running_to_complete_and_error(plan, fake):
     assert sleeps == [3, 3, 3]
     assert lines == [(f"train/resnet: kernel {ref('train/resnet')} ended in ERROR: Exceeded time limit "
                       "(`pipeline.py kaggle collect --runs train/resnet` downloads its log)")]
-    assert kf.load_state(plan)["kernels"]["train/resnet"]["failure"] == "Exceeded time limit"
+    assert record.load_state(plan)["kernels"]["train/resnet"]["failure"] == "Exceeded time limit"
 
 
 def test_status_redraws_in_place_on_a_terminal(plan, fake):
-    kf.push(plan, log=lambda s: None, sleep=Sleeps())
+    flow.push(plan, log=lambda s: None, sleep=Sleeps())
     fake.set_statuses(ref("train/convnext"), "RUNNING", "COMPLETE")
     fake.set_statuses(ref("train/resnet"), "COMPLETE")
 
@@ -263,7 +264,7 @@ def test_status_redraws_in_place_on_a_terminal(plan, fake):
             return True
 
     out = Tty()
-    assert kf.status(plan, out=out, log=lambda s: None, sleep=Sleeps()) == 0
+    assert flow.status(plan, out=out, log=lambda s: None, sleep=Sleeps()) == 0
     assert out.getvalue().count("\x1b[3F\x1b[J") == 1  # header + 2 rows moved over once
 
 
@@ -276,11 +277,11 @@ def test_collect_downloads_outputs_into_outputs(plan, fake):
     fake.outputs[ref("ensemble")].update({"submission.csv": b"image_id,label\n200001.jpg,normal\n"})
     fake.set_statuses(ref("train/resnet"), "ERROR", failure="boom")
     lines = []
-    assert kf.collect(plan, log=lines.append, sleep=Sleeps()) == 1  # resnet ended in ERROR
+    assert flow.collect(plan, log=lines.append, sleep=Sleeps()) == 1  # resnet ended in ERROR
     conv = plan.job("train/convnext").out_dir
     assert (conv / "preds.npz").read_bytes() == fake.outputs[ref("train/convnext")]["convnext/preds.npz"]
-    assert json.loads((conv / kf.MARKER).read_text())["ref"] == ref("train/convnext")
-    kdir = kf.kaggle_dir(plan)
+    assert json.loads((conv / flow.MARKER).read_text())["ref"] == ref("train/convnext")
+    kdir = settings.kaggle_dir(plan)
     assert (kdir / "roadtop-kdemo-train-convnext/output/roadtop-kdemo-train-convnext.log").read_text() == \
         "[1/1] epoch 0 ... done"
     assert (plan.job("ensemble").out_dir / "submission.csv").read_bytes().startswith(b"image_id,label")
@@ -295,9 +296,9 @@ def test_collect_keeps_a_local_run(plan, fake):
     local.mkdir(parents=True)
     (local / "preds.npz").write_bytes(b"local")
     lines = []
-    kf.collect(plan, runs=["train/resnet"], log=lines.append, sleep=Sleeps())
+    flow.collect(plan, runs=["train/resnet"], log=lines.append, sleep=Sleeps())
     assert (local / "preds.npz").read_bytes() == b"local" and "kept the local results" in lines[-1]
-    kf.collect(plan, runs=["train/resnet"], replace=True, log=lines.append, sleep=Sleeps())
+    flow.collect(plan, runs=["train/resnet"], replace=True, log=lines.append, sleep=Sleeps())
     assert (local / "preds.npz").read_bytes() == b"kaggle"
 
 
@@ -305,13 +306,13 @@ def test_collect_keeps_a_local_run(plan, fake):
 def test_submit_code_competition_sends_kernel_and_version(plan, fake):
     plan.kaggle["code_competition"] = True
     push_all(plan, fake)
-    assert kf.push(plan, runs=["ensemble"], force=True, log=lambda s: None, sleep=Sleeps()) == 0  # version 2
-    assert kf.submit(plan, "ensemble of 2", log=lambda s: None, sleep=Sleeps()) == 0
+    assert flow.push(plan, runs=["ensemble"], force=True, log=lambda s: None, sleep=Sleeps()) == 0  # version 2
+    assert flow.submit(plan, "ensemble of 2", log=lambda s: None, sleep=Sleeps()) == 0
     (sub,) = fake.calls("CreateCodeSubmission")
     assert sub == {"competitionName": "paddy-disease-classification", "kernelOwner": USER,
                    "kernelSlug": "roadtop-kdemo-ensemble", "kernelVersion": 2, "fileName": "submission.csv",
                    "submissionDescription": "ensemble of 2"}
-    assert kf.load_state(plan)["submissions"][0]["ref"] == 4242
+    assert record.load_state(plan)["submissions"][0]["ref"] == 4242
 
 
 def test_submit_code_competition_refuses_an_unfinished_ensemble(plan, fake):
@@ -319,7 +320,7 @@ def test_submit_code_competition_refuses_an_unfinished_ensemble(plan, fake):
     push_all(plan, fake)
     fake.set_statuses(ref("ensemble"), "RUNNING")
     with pytest.raises(RoadtopError, match="ensemble: .* is RUNNING"):
-        kf.submit(plan, log=lambda s: None, sleep=Sleeps())
+        flow.submit(plan, log=lambda s: None, sleep=Sleeps())
     assert fake.calls("CreateCodeSubmission") == []
 
 
@@ -327,8 +328,8 @@ def test_submit_file_competition_uploads_the_kernels_csv(plan, fake):
     push_all(plan, fake)
     csv = b"image_id,label\n200001.jpg,blast\n"
     fake.outputs[ref("ensemble")]["submission.csv"] = csv
-    kf.collect(plan, runs=["ensemble"], log=lambda s: None, sleep=Sleeps())
-    assert kf.submit(plan, "file", log=lambda s: None, sleep=Sleeps()) == 0
+    flow.collect(plan, runs=["ensemble"], log=lambda s: None, sleep=Sleeps())
+    assert flow.submit(plan, "file", log=lambda s: None, sleep=Sleeps()) == 0
     assert fake.calls("StartSubmissionUpload")[0]["fileName"] == "submission.csv"
     assert fake.uploads["sub-token-1"] == csv
     assert fake.calls("CreateSubmission")[0]["blobFileTokens"] == "sub-token-1"
@@ -340,7 +341,7 @@ def test_submit_file_competition_uploads_the_kernels_csv(plan, fake):
 def test_push_errors_name_the_run_and_keep_local_files(plan, fake, code, phrase):
     fake.fail("SaveKernel", code)
     lines = []
-    assert kf.push(plan, log=lines.append, sleep=Sleeps()) == 1
+    assert flow.push(plan, log=lines.append, sleep=Sleeps()) == 1
     err = [ln for ln in lines if phrase in ln]
     assert len(err) == 1 and err[0].startswith(f"train/convnext: push of {ref('train/convnext')} failed")
     pushed = [s["slug"] for s in fake.calls("SaveKernel")]
@@ -348,15 +349,15 @@ def test_push_errors_name_the_run_and_keep_local_files(plan, fake, code, phrase)
         assert pushed == [ref("train/convnext")]  # bad credentials: stop, every call would fail
     else:
         assert pushed == [ref("train/convnext"), ref("train/resnet")]  # the other run still goes
-        assert list(kf.load_state(plan)["kernels"]) == ["train/resnet"]
-    assert (kf.kaggle_dir(plan) / "roadtop-kdemo-train-convnext" / "kernel-metadata.json").exists()
+        assert list(record.load_state(plan)["kernels"]) == ["train/resnet"]
+    assert (settings.kaggle_dir(plan) / "roadtop-kdemo-train-convnext" / "kernel-metadata.json").exists()
 
 
 @pytest.mark.parametrize("code", [429, 500, 503])
 def test_transient_errors_are_retried_with_backoff(plan, fake, code):
     fake.fail("SaveKernel", code, times=2)
     sleeps, lines = Sleeps(), []
-    assert kf.push(plan, runs=["train/resnet"], log=lines.append, sleep=sleeps) == 0
+    assert flow.push(plan, runs=["train/resnet"], log=lines.append, sleep=sleeps) == 0
     assert sleeps == [0.5, 1.0]  # backoff, doubling
     assert len(fake.calls("SaveKernel")) == 3 and f"Kaggle answered {code}" in lines[0]
 
@@ -365,28 +366,28 @@ def test_retry_after_is_honoured_and_persistent_errors_give_up(plan, fake):
     fake.fail("SaveKernel", 429, times=1, headers={"Retry-After": "4"})
     fake.fail("SaveKernel", 502, times=3)
     sleeps, lines = Sleeps(), []
-    assert kf.push(plan, runs=["train/resnet"], log=lines.append, sleep=sleeps) == 1
+    assert flow.push(plan, runs=["train/resnet"], log=lines.append, sleep=sleeps) == 1
     assert sleeps == [4.0, 1.0]
     assert lines[-1].startswith(f"train/resnet: push of {ref('train/resnet')} failed: Kaggle still answered")
     assert "answered 502" in lines[-1]
-    assert kf.load_state(plan)["kernels"] == {}
+    assert record.load_state(plan)["kernels"] == {}
 
 
 @pytest.mark.parametrize("code,phrase", [(401, "rejected the credentials"), (403, "refused access"),
                                          (404, "push it first")])
 def test_status_errors_name_the_run(plan, fake, code, phrase):
-    kf.push(plan, log=lambda s: None, sleep=Sleeps())
+    flow.push(plan, log=lambda s: None, sleep=Sleeps())
     fake.fail("GetKernelSessionStatus", code)
     match = f"^train/convnext: status of {ref('train/convnext')} failed.*{phrase}"
-    with pytest.raises(kf.KaggleCallError, match=match):
-        kf.status(plan, once=True, out=io.StringIO(), log=lambda s: None, sleep=Sleeps())
+    with pytest.raises(client.KaggleCallError, match=match):
+        flow.status(plan, once=True, out=io.StringIO(), log=lambda s: None, sleep=Sleeps())
 
 
 def test_collect_404_names_the_run(plan, fake):
     push_all(plan, fake)
     fake.fail("ListKernelSessionOutput", 404)
     lines = []
-    assert kf.collect(plan, runs=["train/convnext"], log=lines.append, sleep=Sleeps()) == 1
+    assert flow.collect(plan, runs=["train/convnext"], log=lines.append, sleep=Sleeps()) == 1
     assert lines[-1].startswith("train/convnext: download of") and "(404" in lines[-1]
 
 
@@ -394,7 +395,7 @@ def test_no_credentials_is_one_clear_error(fake, monkeypatch):
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
     with pytest.raises(RoadtopError, match="^no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_"):
-        kf.connect()
+        client.connect()
 
 
 def test_credentials_from_kaggle_json_and_from_an_api_token(plan, fake, monkeypatch, tmp_path):
@@ -404,12 +405,12 @@ def test_credentials_from_kaggle_json_and_from_an_api_token(plan, fake, monkeypa
     cfg.mkdir()
     (cfg / "kaggle.json").write_text(json.dumps({"username": USER, "key": KEY}))
     (cfg / "kaggle.json").chmod(0o600)
-    assert kf.api_username(kf.connect()) == USER
+    assert client.api_username(client.connect()) == USER
     (cfg / "kaggle.json").unlink()
     monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
-    api = kf.connect()
-    assert kf.api_username(api) == USER and fake.calls("IntrospectToken")[-1]["token"] == TOKEN
-    assert kf.push(plan, runs=["train/resnet"], api=api, log=lambda s: None, sleep=Sleeps()) == 0
+    api = client.connect()
+    assert client.api_username(api) == USER and fake.calls("IntrospectToken")[-1]["token"] == TOKEN
+    assert flow.push(plan, runs=["train/resnet"], api=api, log=lambda s: None, sleep=Sleeps()) == 0
     assert fake.requests[-1].headers["Authorization"] == f"Bearer {TOKEN}"
 
 
@@ -417,9 +418,9 @@ def test_credentials_appear_in_no_pushed_text_file_or_log(plan, fake, capsys, tm
     plan.kaggle["code_competition"] = True
     lines = push_all(plan, fake)
     fake.outputs[ref("ensemble")]["submission.csv"] = b"image_id,label\n"
-    kf.collect(plan, log=lines.append, sleep=Sleeps())
-    kf.submit(plan, log=lines.append, sleep=Sleeps())
-    kf.status(plan, once=True, out=io.StringIO(), log=lines.append, sleep=Sleeps())
+    flow.collect(plan, log=lines.append, sleep=Sleeps())
+    flow.submit(plan, log=lines.append, sleep=Sleeps())
+    flow.status(plan, once=True, out=io.StringIO(), log=lines.append, sleep=Sleeps())
     assert len(fake.calls("SaveKernel")) == 3
     texts = [json.dumps(r.payload) if r.payload else r.body.decode("latin-1") for r in fake.requests]
     files = [p for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts]
@@ -441,14 +442,14 @@ def test_local_pretrained_cfg_loads_weights_without_internet(tmp_path):
     wdir = tmp_path / "weights"
     wdir.mkdir()
     save_file(src.state_dict(), str(wdir / "test_resnet.r160_in1k.safetensors"))  # named by pretrained tag
-    cfg = kf.local_pretrained_cfg("test_resnet", wdir)
+    cfg = weights.local_pretrained_cfg("test_resnet", wdir)
     assert cfg == {"file": str(wdir / "test_resnet.r160_in1k.safetensors")}
     torch.manual_seed(1)
     got = timm.create_model("test_resnet", pretrained=True, num_classes=0, pretrained_cfg_overlay=cfg)
     pairs = zip(src.state_dict().values(), got.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
     with pytest.raises(RoadtopError, match="no weights for test_convnext in"):
-        kf.local_pretrained_cfg("test_convnext", wdir)
+        weights.local_pretrained_cfg("test_convnext", wdir)
 
 
 def test_weights_command_packages_a_folder_as_a_dataset(plan, fake, tmp_path):
@@ -460,23 +461,23 @@ def test_weights_command_packages_a_folder_as_a_dataset(plan, fake, tmp_path):
     (src / "test_resnet.pth").write_bytes(b"resnet-pth")  # the .safetensors wins
     (src / "test_convnext.r160_in1k.safetensors").write_bytes(b"convnext")
     lines = []
-    folder = kf.package_weights(src, WEIGHTS, api=kf.connect(), st=kf.settings(plan), dest=tmp_path / "all",
+    folder = datasets.package_weights(src, WEIGHTS, api=client.connect(), st=settings.settings(plan), dest=tmp_path / "all",
                                 log=lines.append, sleep=Sleeps())
     assert sorted(p.name for p in folder.iterdir()) == [
         "dataset-metadata.json", "test_convnext.r160_in1k.safetensors", "test_resnet.safetensors",
         "test_vit.r160_in1k.safetensors"]
-    assert kf.find_weights("test_vit", folder).read_bytes() == b"vit"
+    assert weights.find_weights("test_vit", folder).read_bytes() == b"vit"
     (created,) = fake.calls("CreateDataset")
     assert (created["ownerSlug"], created["slug"], created["isPrivate"]) == (USER, "timm-weights", True)
     assert sorted(fake.uploads.values()) == [b"convnext", b"resnet", b"vit"]
     assert WEIGHTS in lines[-1]
     # with the plan's pretrained archs: just those, named as the plan names them; the dataset exists now
-    folder = kf.package_weights(src, WEIGHTS, ["test_convnext"], api=kf.connect(), dest=tmp_path / "plan",
+    folder = datasets.package_weights(src, WEIGHTS, ["test_convnext"], api=client.connect(), dest=tmp_path / "plan",
                                 log=lines.append, sleep=Sleeps())
     assert sorted(p.name for p in folder.iterdir()) == ["dataset-metadata.json", "test_convnext.safetensors"]
     assert len(fake.calls("CreateDatasetVersion")) == 1
     with pytest.raises(RoadtopError, match="no weights for vit_base_patch16_224 in"):
-        kf.package_weights(src, WEIGHTS, ["vit_base_patch16_224"], upload=False, dest=tmp_path / "x")
+        datasets.package_weights(src, WEIGHTS, ["vit_base_patch16_224"], upload=False, dest=tmp_path / "x")
 
 
 # ---- command line -----------------------------------------------------------------------------------------
@@ -509,12 +510,12 @@ def test_dry_run_of_the_real_plan(tmp_path, monkeypatch):
     (tmp_path / "paddy.yaml").write_text(real)
     plan = load_plan(tmp_path / "paddy.yaml")
     lines = []
-    assert kf.push(plan, dry_run=True, log=lines.append) == 0
-    folders = sorted(p.parent.name for p in kf.kaggle_dir(plan).glob("*/kernel-metadata.json"))
+    assert flow.push(plan, dry_run=True, log=lines.append) == 0
+    folders = sorted(p.parent.name for p in settings.kaggle_dir(plan).glob("*/kernel-metadata.json"))
     trains = [j for j in plan.jobs if j.stage in ("train", "multitarget")]
     assert len(folders) == len(trains) + 1 == 10
-    meta = json.loads((kf.kaggle_dir(plan) / "roadtop-paddy-ensemble" / "kernel-metadata.json").read_text())
-    assert meta["kernel_sources"] == [f"someone/roadtop-paddy-{kf.slugify(j.name)}" for j in trains]
-    text = (kf.kaggle_dir(plan) / "roadtop-paddy-ensemble" / "roadtop-paddy-ensemble.ipynb").read_text()
+    meta = json.loads((settings.kaggle_dir(plan) / "roadtop-paddy-ensemble" / "kernel-metadata.json").read_text())
+    assert meta["kernel_sources"] == [f"someone/roadtop-paddy-{settings.slugify(j.name)}" for j in trains]
+    text = (settings.kaggle_dir(plan) / "roadtop-paddy-ensemble" / "roadtop-paddy-ensemble.ipynb").read_text()
     _, p = params_of(text)
     assert p["weights"]["vit_large_patch16_224"] == 2 and len(p["run_dirs"]) == len(trains)

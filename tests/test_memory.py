@@ -8,10 +8,12 @@ import yaml
 from conftest import ROOT, pipeline, tiny_plan
 from torch import nn
 
-from roadtop import memory
+from roadtop import accum as accums
+from roadtop import probe as probes
+from roadtop.dag import budget
 from roadtop.errors import RoadtopError
-from roadtop.plan import load_plan
-from roadtop.runner import FAILED
+from roadtop.dag.plan import load_plan
+from roadtop.dag.records import FAILED
 
 BUDGET, MARGIN = 16.0, 0.75
 
@@ -88,23 +90,23 @@ def T(accum, status="ok", peak=None, s=0.01, infer=None, error=""):
 
 
 def test_oom_at_accum_1_picks_2():
-    assert memory.choose_accum([T(1, "oom"), T(2, peak=12.19), T(4, peak=9.0)], BUDGET, MARGIN)[0] == 2
+    assert accums.choose_accum([T(1, "oom"), T(2, peak=12.19), T(4, peak=9.0)], BUDGET, MARGIN)[0] == 2
 
 
 def test_margin_pushes_a_near_miss_to_the_next_accum():
     """vit_large at bs 32 was 'very close' to 16 GB in the lesson: with a margin it goes to accum 4."""
     trials = [T(1, "oom"), T(2, peak=15.6), T(4, peak=11.0)]
-    assert memory.choose_accum(trials, BUDGET, MARGIN)[0] == 4
-    assert memory.choose_accum(trials, BUDGET, 0.0)[0] == 2
+    assert accums.choose_accum(trials, BUDGET, MARGIN)[0] == 4
+    assert accums.choose_accum(trials, BUDGET, 0.0)[0] == 2
 
 
 def test_nothing_fits_says_why():
-    accum, why = memory.choose_accum([T(1, "oom"), T(2, "oom"), T(4, peak=15.9)], BUDGET, MARGIN)
+    accum, why = accums.choose_accum([T(1, "oom"), T(2, "oom"), T(4, peak=15.9)], BUDGET, MARGIN)
     assert accum is None and "1: oom" in why and "15.90 GiB > 15.25" in why
 
 
 def test_cpu_probe_falls_back_to_the_largest_batch():
-    accum, why = memory.choose_accum([T(1, peak=None), T(2, peak=None)], BUDGET, MARGIN)
+    accum, why = accums.choose_accum([T(1, peak=None), T(2, peak=None)], BUDGET, MARGIN)
     assert accum == 1 and "not measured" in why
 
 
@@ -114,30 +116,30 @@ def test_oom_is_caught_recorded_and_the_probe_goes_on():
     def boom():
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    rec = memory.guarded_trial(boom, 1, cleanup=lambda: freed.append(1))
+    rec = probes.guarded_trial(boom, 1, cleanup=lambda: freed.append(1))
     assert rec["status"] == "oom" and "out of memory" in rec["error"] and freed == [1]
-    assert memory.is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
-    assert not memory.is_oom(ValueError("bad size"))
+    assert probes.is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert not probes.is_oom(ValueError("bad size"))
     fake, calls = {1: T(1, "oom"), 2: T(2, peak=12.0), 4: T(4, peak=8.0)}, []
-    seen = memory.probe_run({"arch": "x"}, [1, 2, 4, 8], lambda a: (calls.append(a), fake[a])[1],
-                            lambda r: memory.trial_fits(r, BUDGET, MARGIN))
+    seen = probes.probe_run({"arch": "x"}, [1, 2, 4, 8], lambda a: (calls.append(a), fake[a])[1],
+                            lambda r: accums.trial_fits(r, BUDGET, MARGIN))
     assert [r["accum"] for r in seen] == [1, 2]  # stopped at the first fit
     calls.clear()
-    memory.probe_run({"arch": "x", "accum": 4}, [1, 2], lambda a: (calls.append(a), fake[a])[1],
-                     lambda r: memory.trial_fits(r, BUDGET, MARGIN))
+    probes.probe_run({"arch": "x", "accum": 4}, [1, 2], lambda a: (calls.append(a), fake[a])[1],
+                     lambda r: accums.trial_fits(r, BUDGET, MARGIN))
     assert calls == [1, 2, 4]  # an explicit accum is always measured
 
 
 def test_budget_fraction_emulates_16gb_on_bigger_cards():
-    assert memory.budget_fraction(16, 80 * 2**30) == pytest.approx(0.2)
-    assert memory.budget_fraction(16, 12 * 2**30) == 1.0
+    assert probes.budget_fraction(16, 80 * 2**30) == pytest.approx(0.2)
+    assert probes.budget_fraction(16, 12 * 2**30) == 1.0
 
 
 def test_time_estimate_counts_epochs_validation_and_tta():
     counts = {"n_train": 1000, "n_holdout": 100, "n_test": 400}
     p = {"epochs": 12, "finetune": True, "tta_n": 4, "valid_pct": 0.2}
     # 13 epochs x 800 images x 0.01 s + 14 validations x 200 x 0.004 + 5 TTA passes x 500 x 0.004 + start-up
-    assert memory.estimate_seconds(0.01, 0.004, counts, p, overhead_s=7) == pytest.approx(104 + 11.2 + 10 + 7)
+    assert budget.estimate_seconds(0.01, 0.004, counts, p, overhead_s=7) == pytest.approx(104 + 11.2 + 10 + 7)
 
 
 # ---- plans: accum values, the injected runs, accum: auto, the budget --------------------------------------------
@@ -175,12 +177,12 @@ def _write_probe(plan, trials: dict, gpu=True, seconds=120.0, counts=None):
     pj = plan.job("probe")
     runs = {}
     for name, spec in pj.params["runs"].items():
-        accum, why = memory.choose_accum(trials[name], BUDGET, MARGIN)
+        accum, why = accums.choose_accum(trials[name], BUDGET, MARGIN)
         runs[name] = {"spec": spec, "trials": trials[name], "accum": accum, "reason": why}
     info = {"device": "NVIDIA test" if gpu else "cpu", "gpu_measured": gpu}
-    res = memory.probe_result(runs, info, counts or {"n_train": 9367, "n_holdout": 1040, "n_test": 3469},
+    res = probes.probe_result(runs, info, counts or {"n_train": 9367, "n_holdout": 1040, "n_test": 3469},
                               {"gpu_budget_gb": BUDGET, "margin_gb": MARGIN, "time_budget_h": 9}, seconds)
-    memory.save_probe(pj.out_dir, res)
+    probes.save_probe(pj.out_dir, res)
 
 
 def _paddy_like(tmp_path, tiny_data, **probe):
@@ -192,24 +194,24 @@ def _paddy_like(tmp_path, tiny_data, **probe):
 def test_resolve_accum_needs_the_probe_then_takes_its_choice(tmp_path, tiny_data):
     plan = load_plan(_paddy_like(tmp_path, tiny_data))
     with pytest.raises(RoadtopError, match="the memory probe has not run; run `pipeline.py run --only probe`"):
-        memory.resolve_accum(plan, plan.job("train/res"))
+        budget.resolve_accum(plan, plan.job("train/res"))
     _write_probe(plan, {"res": [T(1, "oom"), T(2, peak=12.2)], "cnx": [T(1, "oom"), T(2, "oom"), T(4, peak=9.0)]})
-    assert memory.resolve_accum(plan, plan.job("train/res")) == 2
-    assert memory.resolve_accum(plan, plan.job("train/cnx")) == 4
+    assert budget.resolve_accum(plan, plan.job("train/res")) == 2
+    assert budget.resolve_accum(plan, plan.job("train/cnx")) == 4
     (plan.job("probe").out_dir / FAILED).write_text(json.dumps({"cause": "NameError: x"}))
     with pytest.raises(RoadtopError, match=r"the memory probe failed \(NameError: x\)"):
-        memory.resolve_accum(plan, plan.job("train/res"))
+        budget.resolve_accum(plan, plan.job("train/res"))
 
 
 def test_resolve_accum_refuses_a_stale_probe_and_a_run_that_never_fits(tmp_path, tiny_data):
     plan = load_plan(_paddy_like(tmp_path, tiny_data))
     _write_probe(plan, {"res": [T(1, "oom"), T(2, "oom")], "cnx": [T(1, peak=3.0)]})
     with pytest.raises(RoadtopError, match=r"train/res: accum: auto, but nothing fits \(1: oom; 2: oom\)"):
-        memory.resolve_accum(plan, plan.job("train/res"))
+        budget.resolve_accum(plan, plan.job("train/res"))
     plan2 = load_plan(_paddy_like(tmp_path, tiny_data, gpu_budget_gb=24.0))  # same out_dir, bigger budget
     plan2.job("train/cnx").params["size"] = 48  # the plan changed after the probe ran
     with pytest.raises(RoadtopError, match="the probe measured .* the plan now says"):
-        memory.resolve_accum(plan2, plan2.job("train/cnx"))
+        budget.resolve_accum(plan2, plan2.job("train/cnx"))
 
 
 def test_plan_over_9h_is_refused_naming_the_overflowing_runs(tmp_path, tiny_data):
@@ -217,26 +219,26 @@ def test_plan_over_9h_is_refused_naming_the_overflowing_runs(tmp_path, tiny_data
     4.7 h, so the second overflows 9 h; --override accepts it; at 0.05 s/img the plan fits."""
     plan = load_plan(_paddy_like(tmp_path, tiny_data))
     _write_probe(plan, {"res": [T(1, "oom"), T(2, peak=12.0, s=0.15)], "cnx": [T(1, peak=10.0, s=0.15)]})
-    one = memory.estimate_seconds(0.15, None, {"n_train": 9367, "n_holdout": 1040, "n_test": 3469},
+    one = budget.estimate_seconds(0.15, None, {"n_train": 9367, "n_holdout": 1040, "n_test": 3469},
                                   plan.job("train/res").params)
     assert 4.5 < one / 3600 < 5
     total = f"{(120 + 2 * one) / 3600:.2f}"
     with pytest.raises(RoadtopError, match=rf"refused: est\. {total} h > time_budget_h 9: run\(s\) cnx overflow"):
-        memory.check_plan(plan, log=lambda *a: None)
+        budget.check_plan(plan, log=lambda *a: None)
     lines = []
-    assert memory.check_plan(plan, override=True, log=lines.append) == 0
+    assert budget.check_plan(plan, override=True, log=lines.append) == 0
     assert any(ln.startswith("res ") and "auto 2" in ln and "12.00" in ln for ln in lines), lines
     assert "over budget, going on (--override)" in lines[-1]
     _write_probe(plan, {"res": [T(1, "oom"), T(2, peak=12.0, s=0.05)], "cnx": [T(1, peak=10.0, s=0.05)]})
     lines.clear()
-    assert memory.check_plan(plan, log=lines.append) == 0 and lines[-1] == "within budget: OK"
+    assert budget.check_plan(plan, log=lines.append) == 0 and lines[-1] == "within budget: OK"
 
 
 def test_explicit_accum_that_does_not_fit_is_refused(tmp_path, tiny_data):
     plan = load_plan(tiny_plan(tmp_path, tiny_data, defaults={"accum": 1}, probe={}))
     _write_probe(plan, {"res": [T(1, "oom"), T(2, peak=12.0)], "cnx": [T(1, peak=10.0)]})
     with pytest.raises(RoadtopError, match=r"run\(s\) res do not fit 16 GiB at their accum"):
-        memory.check_plan(plan, log=lambda *a: None)
+        budget.check_plan(plan, log=lambda *a: None)
 
 
 def test_pipeline_plan_cli_exits_nonzero_over_budget(tmp_path, tiny_data):
@@ -252,9 +254,9 @@ def test_probe_trial_on_cpu_times_and_marks_memory_unmeasured(tiny_data):
     from roadtop.paddy import split_files
 
     trn, _ = split_files(tiny_data, 0.1, 42)
-    files = memory.probe_files(trn, 0, memory.images_needed(1))
+    files = probes.probe_files(trn, 0, probes.images_needed(1))
     assert len(files) == len(trn)  # the tiny set's smallest class is topped up with every other image
-    rec = memory.probe_trial(tiny_data, files, {"arch": "test_resnet", "item_size": 64, "size": 32}, 2, steps=1)
+    rec = probes.probe_trial(tiny_data, files, {"arch": "test_resnet", "item_size": 64, "size": 32}, 2, steps=1)
     assert rec["status"] == "ok", rec["error"]
     assert rec["peak_reserved_gb"] is None and rec["s_per_img"] > 0 and rec["s_per_img_infer"] > 0
     assert rec["bs"] == 32 and rec["batches"] == 4  # warm-up step of 2 batches + 1 timed step of 2
@@ -269,13 +271,13 @@ def test_demo_style_plan_probes_first_then_trains_with_auto(tmp_path, tiny_data)
     pipeline("run", "--params", f, "--only", "probe")
     plan = load_plan(f)
     out = plan.job("probe").out_dir
-    probe = json.loads((out / memory.PROBE_JSON).read_text())
+    probe = json.loads((out / accums.PROBE_JSON).read_text())
     trn, hold = split_files(tiny_data, 0.1, 42)
     assert probe["gpu_measured"] is False and probe["counts"]["n_train"] == len(trn)
     assert probe["counts"]["n_holdout"] == len(hold) and probe["counts"]["n_test"] == 20
     assert [t["accum"] for t in probe["runs"]["res"]["trials"]] == [1]
-    assert (out / memory.PROBE_PNG).stat().st_size > 0 and (out / memory.PROBE_CSV).exists()
-    assert memory.resolve_accum(plan, plan.job("train/res")) == 1
+    assert (out / probes.PROBE_PNG).stat().st_size > 0 and (out / probes.PROBE_CSV).exists()
+    assert budget.resolve_accum(plan, plan.job("train/res")) == 1
     r = pipeline("plan", "--params", f)
     assert "res" in r.stdout and "auto 1" in r.stdout and "n/m" in r.stdout and "within budget: OK" in r.stdout
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from roadtop import paddy
-from roadtop.checks import check_image, check_paddy, check_runs_dirs
+from roadtop.dag.checks import check_image, check_paddy, check_runs_dirs
 from roadtop.errors import RoadtopError
 
 

@@ -9,8 +9,8 @@ import yaml
 
 from conftest import ROOT, pipeline
 from roadtop.errors import RoadtopError
-from roadtop.params import check_arch, notebook_params, validate_params
-from roadtop.plan import load_plan
+from roadtop.dag.params import check_arch, notebook_params, validate_params
+from roadtop.dag.plan import load_plan
 
 TRAIN = ROOT / "notebooks" / "train.ipynb"
 

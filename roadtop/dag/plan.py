@@ -5,10 +5,12 @@ from pathlib import Path
 
 import yaml
 
-from .errors import RoadtopError
-from .memory import check_accum, probe_runs
+from ..accum import check_accum
+from ..errors import RoadtopError
+from ..paddy import make_demo, resolve_data
+from ..paths import NOTEBOOKS, ROOT, iskaggle
+from .budget import probe_runs
 from .params import check_arch, notebook_params, validate_params
-from .paths import NOTEBOOKS, ROOT, iskaggle
 
 __all__ = ["STAGES", "DEFAULT_PLAN", "Job", "Plan", "load_plan", "resolve_plan_data"]
 
@@ -144,8 +146,6 @@ def load_plan(path=None, out_dir=None) -> Plan:
 
 def resolve_plan_data(plan: Plan, progress: bool = True) -> Path:
     """The plan's Paddy folder: `data.path`, Kaggle's input on Kaggle, else the demo (generated when absent)."""
-    from .paddy import make_demo, resolve_data
-
     if plan.data.get("path") or iskaggle():
         p = resolve_data(str(plan.data.get("path") or ""))
     else:

@@ -1,91 +1,26 @@
 """Execute a plan's jobs with papermill: skip what is done, isolate failures, write manifests last."""
 
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 
-from .errors import RoadtopError
-from .paths import atomic_write
+import papermill as pm
 
-__all__ = ["MANIFEST", "FAILED", "data_fingerprint", "job_fingerprint", "job_state", "execute_job", "run_plan"]
+from ..errors import RoadtopError
+from ..paths import atomic_write
+from .budget import resolve_accum
+from .checks import cached_check, check_runs_dirs, raise_problems
+from .fingerprint import data_fingerprint, job_fingerprint
+from .params import notebook_params
+from .plan import resolve_plan_data
+from .records import FAILED, MANIFEST, cause, job_state, record_failure
 
-MANIFEST = "manifest.json"
-FAILED = "failed.json"
-
-
-def _sha(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p if isinstance(p, bytes) else str(p).encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def data_fingerprint(path) -> str:
-    """Names and sizes of every file under the data folder, plus the CSVs' bytes (fast on 14k images)."""
-    path = Path(path)
-    items = []
-    for f in sorted(path.rglob("*")):
-        if f.is_file():
-            rel = f.relative_to(path).as_posix()
-            items.append(f"{rel}:{f.stat().st_size}")
-            if f.suffix == ".csv":
-                items.append(hashlib.sha256(f.read_bytes()).hexdigest())
-    return _sha(*items)
-
-
-def _notebook_source(nb: Path) -> str:
-    """The notebook's code and markdown, without outputs or metadata (what decides the result)."""
-    cells = json.loads(nb.read_text())["cells"]
-    return json.dumps([(c["cell_type"], "".join(c["source"])) for c in cells])
-
-
-def job_fingerprint(job, data_fp: str, upstream: dict, members=None) -> str:
-    """Notebook source + parameters + input data + the fingerprints of the jobs it reads.
-
-    Paths the pipeline sets (out_dir, data_path, run_dirs) are left out: the data and upstream fingerprints already
-    say what they hold, so the same plan in another output folder has the same fingerprints.
-    """
-    params = {k: v for k, v in job.params.items() if k not in ("out_dir", "data_path", "run_dirs")}
-    reads = job.needs if members is None else members
-    return _sha(_notebook_source(job.notebook), json.dumps(params, sort_keys=True, default=str), data_fp,
-                json.dumps({n: upstream.get(n) for n in reads}, sort_keys=True))
-
-
-def _read_json(f: Path):
-    try:
-        return json.loads(f.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def job_state(job, fingerprint=None) -> dict:
-    """{'state': complete|stale|failed|pending, ...}: complete = manifest there, outputs there, fingerprint same."""
-    m = _read_json(job.out_dir / MANIFEST)
-    if m and all((job.out_dir / o).exists() for o in m.get("outputs", [])):
-        if fingerprint is None or m.get("fingerprint") == fingerprint:
-            return {"state": "complete", **m}
-        return {"state": "stale", **m}
-    f = _read_json(job.out_dir / FAILED)
-    if f:
-        return {"state": "failed", **f}
-    return {"state": "pending"}
-
-
-def _cause(e: BaseException) -> str:
-    """One line saying why a notebook failed."""
-    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
-    line = f"{ename}: {evalue}" if ename else f"{type(e).__name__}: {e}"
-    line = " ".join(line.split())
-    return line[:300]
+__all__ = ["execute_job", "check_data", "run_plan"]
 
 
 def execute_job(job, fingerprint: str, log=print) -> dict:
     """Run one notebook with papermill into its out_dir; manifest.json (written last) marks it complete."""
-    import papermill as pm
-
     out = job.out_dir
     out.mkdir(parents=True, exist_ok=True)
     for stale in (MANIFEST, FAILED):  # from here until the manifest is rewritten, the job is not complete
@@ -97,7 +32,7 @@ def execute_job(job, fingerprint: str, log=print) -> dict:
         pm.execute_notebook(str(job.notebook), str(executed), parameters=job.params, cwd=str(job.notebook.parent),
                             kernel_name="python3", progress_bar=True, log_output=False)
     except Exception as e:  # noqa: BLE001 - any failure of one job must not stop the others
-        return _record_failure(job, _cause(e), seconds=time.time() - t0, notebook=executed.name)
+        return record_failure(job, cause(e), seconds=time.time() - t0, notebook=executed.name)
     outputs = sorted(p.name for p in out.iterdir()
                      if p.is_file() and not p.name.startswith(".") and p.name not in (executed.name, MANIFEST)
                      and (p.name not in before or p.stat().st_mtime != before[p.name]))
@@ -109,17 +44,6 @@ def execute_job(job, fingerprint: str, log=print) -> dict:
     return {"state": "complete", **rec}
 
 
-def _record_failure(job, cause: str, seconds: float = 0.0, notebook: str = "") -> dict:
-    """Write failed.json (the one-line cause `pipeline.py status` shows); the job is then not complete."""
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    (job.out_dir / MANIFEST).unlink(missing_ok=True)
-    rec = {"job": job.name, "cause": cause, "seconds": round(seconds, 1), "notebook": notebook,
-           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with atomic_write(job.out_dir / FAILED) as f:
-        json.dump(rec, f, indent=1)
-    return {"state": "failed", **rec}
-
-
 def _publish(src: Path, dst: Path):
     """Copy a finished artifact to a top-level name atomically."""
     with atomic_write(dst, "wb") as f, open(src, "rb") as s:
@@ -128,9 +52,6 @@ def _publish(src: Path, dst: Path):
 
 def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print) -> list:
     """Check the Paddy data before anything runs; returns image ids to skip (only with skip_bad), else raises."""
-    from .checks import cached_check, raise_problems
-    from .params import notebook_params
-
     probs = cached_check(data, data_fp, plan.out_dir / "checks", plan.data.get("labels"))
     skip = sorted({p.image for p in probs if p.image}) if skip_bad else []
     fatal = [p for p in probs if not (skip_bad and p.image)]
@@ -145,8 +66,6 @@ def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print
 
 def _bad_members(plan, names) -> dict:
     """Complete runs whose saved predictions cannot be ensembled: {name: one-line cause}."""
-    from .checks import check_runs_dirs
-
     bad = {}
     for n in names:
         for p in check_runs_dirs([plan.job(n).out_dir]):
@@ -180,8 +99,6 @@ def _ensemble_members(plan, job, states, allow_partial, tag, log):
 
 def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, log=print) -> int:
     """Run the plan's jobs in order; returns the exit code (non-zero if any job failed)."""
-    from .plan import resolve_plan_data
-
     t_start = time.time()
     if any(j.stage != "collab" for j in plan.jobs):  # the Paddy stages: data resolved, fingerprinted, checked
         data = resolve_plan_data(plan)
@@ -199,12 +116,10 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
     for k, job in enumerate(plan.jobs, 1):
         tag = f"[{k}/{n}] {job.name}"
         if job.stage in ("train", "multitarget") and job.params.get("accum") == "auto":
-            from .memory import resolve_accum
-
             try:
                 job.params["accum"] = resolve_accum(plan, job)  # the probe (an earlier job) picked it
             except RoadtopError as e:  # no usable probe: this job cannot start, the others go on
-                states[job.name] = _record_failure(job, str(e))
+                states[job.name] = record_failure(job, str(e))
                 log(f"{tag}: FAILED before starting: {e}")
                 continue
         picked = not only or job.name in only or job.name.split("/", 1)[-1] in only

@@ -7,9 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
-from .errors import RoadtopError
-from .paths import atomic_write
+from ..ensemble import check_runs
+from ..errors import RoadtopError
+from ..paddy import LABELS
+from ..paths import atomic_write
+from ..preds import load_preds
 
 __all__ = ["Problem", "check_image", "check_paddy", "check_runs_dirs", "raise_problems", "cached_check"]
 
@@ -31,8 +35,6 @@ class Problem:
 
 def check_image(f: Path) -> str:
     """'' if the image decodes completely, else why not (truncated, not an image, ...)."""
-    from PIL import Image
-
     try:
         with Image.open(f) as im:
             im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # decode at 1/8 scale: fast, still whole
@@ -48,8 +50,6 @@ def _images(folder: Path):
 
 def check_paddy(path, labels=None, threads: int = 4) -> list:
     """Every problem in a Paddy folder: bad JPEGs, unknown label folders, train.csv vs images, duplicates, test ids."""
-    from .paddy import LABELS
-
     path, labels = Path(path), set(labels or LABELS)
     probs = []
     trn = _images(path / "train_images")
@@ -119,9 +119,6 @@ def check_paddy(path, labels=None, threads: int = 4) -> list:
 
 def check_runs_dirs(run_dirs) -> list:
     """Problems in saved predictions: unreadable, NaN, not probabilities, or disagreeing vocab / test-id order."""
-    from .ensemble import check_runs
-    from .preds import load_preds
-
     probs, runs = [], []
     for d in run_dirs:
         try:

@@ -4,7 +4,11 @@ import ast
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import RoadtopError
+import papermill as pm
+import timm
+from timm.models._registry import get_deprecated_models
+
+from ..errors import RoadtopError
 
 __all__ = ["notebook_params", "notebook_defaults", "check_value", "validate_params", "resolve_arch", "check_arch"]
 
@@ -13,8 +17,6 @@ _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "d
 
 @lru_cache(maxsize=None)
 def _inspect(path: str, mtime: float):
-    import papermill as pm
-
     return pm.inspect_notebook(path)
 
 
@@ -79,9 +81,6 @@ def validate_params(nb, params: dict, where: str) -> dict:
 
 def resolve_arch(arch: str) -> str:
     """timm's current name for `arch` (deprecated names like convnext_large_in22k map to name.tag)."""
-    import timm
-    from timm.models._registry import get_deprecated_models
-
     new = get_deprecated_models().get(arch)  # checked first: timm still registers the old names as shims
     if new:
         return new
@@ -99,8 +98,6 @@ def _hw(size):
 
 def check_arch(arch: str, size, where: str):
     """Refuse an unknown timm arch, or a size that a fixed-input-size model (e.g. ViT 224) cannot take."""
-    import timm
-
     try:
         name = resolve_arch(arch)
     except RoadtopError as e:

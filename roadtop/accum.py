@@ -1,0 +1,100 @@
+"""Gradient accumulation settings: what `accum` may be, and `accum: auto` as the probe's choice (the smallest that fits)."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import RoadtopError
+from .paths import KAGGLE_INPUT, default_out
+
+__all__ = ["EFFECTIVE_BS", "PROBE_JSON", "SPEC_KEYS", "check_accum", "run_spec", "trial_fits", "choose_accum", "notebook_accum"]
+
+
+EFFECTIVE_BS = 64  # lesson 7: every run sees batches of 64, in `accum` pieces of 64 // accum
+
+
+PROBE_JSON = "probe.json"  # what the probe writes and `accum: auto` reads
+
+
+SPEC_KEYS = ("arch", "item_method", "item_size", "size")  # what decides a run's memory and speed
+
+
+GIB = 2**30
+
+
+def check_accum(value, where: str):
+    """Return `value` if it is "auto" or a positive divisor of 64; else raise one line naming `where`."""
+    if value == "auto":
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1 and EFFECTIVE_BS % value == 0:
+        return value
+    raise RoadtopError(f"{where}: accum={value!r} is not allowed: use a positive divisor of {EFFECTIVE_BS} "
+                       f"(1, 2, 4, 8, ...) or 'auto' (the memory probe's choice)")
+
+
+def _norm(v):
+    """JSON-stable value: tuples become lists (so specs compare equal after a round trip)."""
+    return [_norm(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def run_spec(params: dict) -> dict:
+    """The part of a run's parameters that decides memory and speed (plus an explicit int accum)."""
+    spec = {k: _norm(params[k]) for k in SPEC_KEYS if k in params}
+    if isinstance(params.get("accum"), int):
+        spec["accum"] = params["accum"]
+    return spec
+
+
+def trial_fits(rec: dict, budget_gb: float, margin_gb: float) -> bool:
+    """A trial fits when it ran and its peak (reserved) stays under budget - margin; unmeasured (CPU) fits."""
+    if rec.get("status") != "ok":
+        return False
+    peak = rec.get("peak_reserved_gb")
+    return peak is None or peak <= budget_gb - margin_gb
+
+
+def choose_accum(trials: list, budget_gb: float, margin_gb: float):
+    """(smallest accum that fits, why) from a run's trials; (None, why not) when none does."""
+    ok = sorted((r for r in trials if trial_fits(r, budget_gb, margin_gb)), key=lambda r: r["accum"])
+    if ok:
+        r = ok[0]
+        if r.get("peak_reserved_gb") is None:
+            return r["accum"], "GPU memory not measured (CPU): the largest batch that ran"
+        return r["accum"], (f"peak {r['peak_reserved_gb']:.2f} GiB at bs {r['bs']} <= {budget_gb:g} - "
+                            f"{margin_gb:g} GiB")
+    if not trials:
+        return None, "not probed"
+    why = []
+    for r in sorted(trials, key=lambda r: r["accum"]):
+        if r["status"] == "ok":
+            why.append(f"{r['accum']}: {r['peak_reserved_gb']:.2f} GiB > {budget_gb - margin_gb:g}")
+        else:
+            why.append(f"{r['accum']}: {r['status']}" + (f" ({r['error'][:80]})" if r["status"] == "error" else ""))
+    return None, "nothing fits (" + "; ".join(why) + ")"
+
+
+def notebook_accum(accum, spec: dict, search=None) -> int:
+    """`accum` for a notebook run outside the pipeline: an int as is; "auto" from a probe.json with this spec."""
+    check_accum(accum, "accum")
+    if accum != "auto":
+        return accum
+    spec = run_spec({**spec, "accum": None})
+    dirs = search if search is not None else [default_out("probe"), *sorted(KAGGLE_INPUT.glob("*")),
+                                              *sorted(KAGGLE_INPUT.glob("*/probe"))]
+    for d in map(Path, dirs):
+        f = d / PROBE_JSON
+        if not f.exists():
+            continue
+        probe = json.loads(f.read_text())
+        for e in probe.get("runs", {}).values():
+            if {k: _norm(v) for k, v in e["spec"].items() if k != "accum"} == spec:
+                a, _ = choose_accum(e["trials"], probe["gpu_budget_gb"], probe["margin_gb"])
+                if a is not None and (probe.get("gpu_measured") or not torch.cuda.is_available()):
+                    print(f"accum: auto -> {a} (from {f})")
+                    return a
+    if not torch.cuda.is_available():
+        print("accum: auto -> 1 (CPU, no probe for this run: memory is not the limit here)")
+        return 1
+    raise RoadtopError(f"accum='auto' but no probe.json in {[str(d) for d in dirs]} measured {spec} on a GPU: "
+                       f"run notebooks/probe.ipynb first, or set accum")

@@ -1,0 +1,196 @@
+"""Time and memory budgets of a plan from the probe's results: `accum: auto`, per-run estimates, the 9 h check."""
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..accum import PROBE_JSON, _norm, choose_accum, run_spec, trial_fits
+from ..errors import RoadtopError
+from .records import FAILED
+
+__all__ = ["RUN_STAGES", "RUN_OVERHEAD_S", "run_key", "probe_runs", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "check_plan"]
+
+
+RUN_STAGES = ("train", "multitarget")  # the stages whose jobs train a model (and take `accum`)
+
+
+INFER_RATIO = 1 / 3  # forward-only cost relative to a training step, when inference was not timed
+
+
+RUN_OVERHEAD_S = 10.0  # per run: kernel start, imports, loaders and model creation (measured ~7 s on the CPU demo)
+
+
+def run_key(job) -> str:
+    """The name a training job has in the probe: its run name (train/<run>) or its stage (multitarget)."""
+    return job.name.split("/", 1)[-1]
+
+
+def probe_runs(jobs) -> dict:
+    """run name -> spec for every training job: what the pipeline injects as the probe's `runs`."""
+    return {run_key(j): run_spec(j.params) for j in jobs if j.stage in RUN_STAGES}
+
+
+def load_probe(out_dir) -> dict:
+    """The probe's probe.json from `out_dir`; one clear error if the probe has not run or failed."""
+    out = Path(out_dir)
+    f, failed = out / PROBE_JSON, out / FAILED
+    if failed.exists():
+        try:
+            cause = json.loads(failed.read_text()).get("cause", "")
+        except (OSError, ValueError):
+            cause = "?"
+        raise RoadtopError(f"the memory probe failed ({cause}): see {out / 'probe.ipynb'}, fix it and rerun "
+                           f"`pipeline.py run --only probe`, or set accum explicitly")
+    if not f.exists():
+        raise RoadtopError(f"{f} is missing: the memory probe has not run; run `pipeline.py run --only probe` "
+                           f"(or the whole plan) first")
+    try:
+        return json.loads(f.read_text())
+    except ValueError:
+        raise RoadtopError(f"{f} is not valid JSON: delete it and rerun `pipeline.py run --only probe`") from None
+
+
+def _probe_job(plan, why: str):
+    """The plan's probe job, or one clear error saying that `why` needs it."""
+    for j in plan.jobs:
+        if j.stage == "probe":
+            return j
+    raise RoadtopError(f"{plan.source.name}: {why} needs the memory probe: add a `probe:` section to the plan "
+                       f"(e.g. `probe: {{}}`)")
+
+
+def _entry(probe: dict, name: str, spec: dict, where: str) -> dict:
+    """The probe's record for run `name`, checked against the run's current spec."""
+    e = probe.get("runs", {}).get(name)
+    if e is None:
+        raise RoadtopError(f"{where}: the probe has no run '{name}' (the plan changed since): rerun "
+                           f"`pipeline.py run --only probe`")
+    old = {k: _norm(v) for k, v in e["spec"].items()}
+    if old != spec:
+        raise RoadtopError(f"{where}: the probe measured {old}, the plan now says {spec}: rerun "
+                           f"`pipeline.py run --only probe`")
+    return e
+
+
+def resolve_accum(plan, job) -> int:
+    """`accum: auto` -> the smallest accum whose probed peak fits the plan's budget with margin (1 on CPU)."""
+    where = f"{plan.source.name} {job.name}"
+    pj = _probe_job(plan, f"{job.name}'s accum: auto")
+    probe = load_probe(pj.out_dir)
+    e = _entry(probe, run_key(job), run_spec(job.params), where)
+    if not probe.get("gpu_measured"):
+        if torch.cuda.is_available():
+            raise RoadtopError(f"{where}: the probe ran on CPU but this machine has a GPU: rerun it here with "
+                               f"`pipeline.py run --only probe --force`")
+    budget, margin = pj.params["gpu_budget_gb"], pj.params["margin_gb"]
+    accum, reason = choose_accum(e["trials"], budget, margin)
+    if accum is None:
+        raise RoadtopError(f"{where}: accum: auto, but {reason} under {budget:g} GiB: use a smaller size or arch, "
+                           f"or add a larger accum to probe.accums")
+    return accum
+
+
+def estimate_seconds(s_fit: float, s_infer: float, counts: dict, params: dict,
+                     overhead_s: float = RUN_OVERHEAD_S) -> float:
+    """One run's time: (fine_tune's frozen epoch +) epochs over the fit split, validation, final validate, TTA,
+    plus a fixed start-up overhead."""
+    n_train = counts["n_train"]
+    vp = params.get("valid_pct", 0.2)
+    n_fit, n_valid = n_train * (1 - vp), n_train * vp
+    epochs = params.get("epochs", 1) + (1 if params.get("finetune") else 0)
+    tta_passes = params.get("tta_n", 4) + 1  # fastai's tta: n augmented passes + one plain pass
+    s_infer = s_infer if s_infer else s_fit * INFER_RATIO
+    return overhead_s + (epochs * n_fit * s_fit + (epochs + 1) * n_valid * s_infer
+            + tta_passes * (counts["n_test"] + counts.get("n_holdout", 0)) * s_infer)
+
+
+def _speed(trials: list, accum: int):
+    """(s_per_img, s_per_img_infer) at `accum`, else from the nearest accum that ran."""
+    ran = [t for t in trials if t["status"] == "ok" and t.get("s_per_img")]
+    if not ran:
+        return None, None
+    t = min(ran, key=lambda t: (abs(math.log2(t["accum"]) - math.log2(accum or 1)), t["accum"]))
+    return t["s_per_img"], t.get("s_per_img_infer")
+
+
+def plan_rows(plan) -> tuple:
+    """(rows, probe job, probe): per training run its accum, peak GiB at that accum, fit, est. seconds."""
+    pj = _probe_job(plan, "`pipeline.py plan`")
+    probe = load_probe(pj.out_dir)
+    budget, margin = pj.params["gpu_budget_gb"], pj.params["margin_gb"]
+    rows, cum = [], float(probe.get("seconds") or 0)
+    for job in plan.jobs:
+        if job.stage not in RUN_STAGES:
+            continue
+        name, acc = run_key(job), job.params.get("accum", 1)
+        e = _entry(probe, name, run_spec(job.params), f"{plan.source.name} {job.name}")
+        auto = acc == "auto"
+        if auto:
+            acc, _ = choose_accum(e["trials"], budget, margin)
+        t = next((t for t in e["trials"] if t["accum"] == acc), None)
+        fits = t is not None and trial_fits(t, budget, margin)
+        s_fit, s_inf = _speed(e["trials"], acc)
+        secs = estimate_seconds(s_fit, s_inf, probe["counts"], job.params) if s_fit else float("nan")
+        cum += 0 if math.isnan(secs) else secs
+        if t is None:
+            peak, peak_txt = None, "not probed"
+        elif t["status"] != "ok":
+            peak, peak_txt = None, t["status"].upper()
+        else:
+            peak = t["peak_reserved_gb"]
+            peak_txt = "n/m" if peak is None else f"{peak:.2f}"
+        rows.append({"run": name, "accum": acc, "auto": auto, "peak_gb": peak, "peak": peak_txt, "fits": fits,
+                     "seconds": secs, "cumulative": cum})
+    return rows, pj, probe
+
+
+def _dur(s: float) -> str:
+    """'1h 05m', '4m 07s' or '12.3s'."""
+    if s is None or math.isnan(s):
+        return "?"
+    if s >= 3600:
+        return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
+    return f"{int(s // 60)}m {int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
+
+
+def check_plan(plan, override: bool = False, log=print) -> int:
+    """Print run / accum / est. peak / est. time against time_budget_h; refuse an overflowing plan unless `override`."""
+    rows, pj, probe = plan_rows(plan)
+    hours, budget = pj.params["time_budget_h"], pj.params["gpu_budget_gb"]
+    c = probe["counts"]
+    if probe.get("gpu_measured"):
+        mem = f"GPU memory measured, {budget:g} GiB budget - {pj.params['margin_gb']:g} margin"
+        if probe.get("emulated_fraction"):
+            mem += f", emulated at {probe['emulated_fraction']:.3f} of the card"
+    else:
+        mem = "GPU memory not measured: n/m"
+    log(f"plan {plan.name}: probe on {probe.get('device')} ({mem}); {c['n_train']} train / {c.get('n_holdout', 0)} "
+        f"holdout / {c['n_test']} test images")
+    log(f"{'run':28s} {'accum':>8s} {'est. peak GiB':>14s} {'est. time':>10s} {'cumulative':>11s}")
+    log(f"{'(probe)':28s} {'':>8s} {'':>14s} {_dur(probe.get('seconds') or 0):>10s} "
+        f"{_dur(probe.get('seconds') or 0):>11s}")
+    for r in rows:
+        acc = "-" if r["accum"] is None else f"{'auto ' if r['auto'] else ''}{r['accum']}"
+        flag = "" if r["fits"] else "  <- does not fit"
+        log(f"{r['run']:28s} {acc:>8s} {r['peak']:>14s} {_dur(r['seconds']):>10s} {_dur(r['cumulative']):>11s}{flag}")
+    total = rows[-1]["cumulative"] if rows else float(probe.get("seconds") or 0)
+    over = [r["run"] for r in rows if r["cumulative"] > hours * 3600]
+    unfit = [r["run"] for r in rows if not r["fits"]]
+    log(f"total {total / 3600:.2f} h of time_budget_h {hours:g} (speed measured on {probe.get('device')}; "
+        f"{RUN_OVERHEAD_S:g} s a run for start-up)")
+    problems = []
+    if over:
+        problems.append(f"est. {total / 3600:.2f} h > time_budget_h {hours:g}: run(s) {', '.join(over)} overflow "
+                        f"(drop them, lower epochs/tta_n, or raise time_budget_h)")
+    if unfit:
+        problems.append(f"run(s) {', '.join(unfit)} do not fit {budget:g} GiB at their accum (use accum: auto or "
+                        f"a larger accum)")
+    if problems and not override:
+        raise RoadtopError(f"plan {plan.name} refused: {'; '.join(problems)}; --override runs it anyway")
+    if problems:
+        log(f"over budget, going on (--override): {'; '.join(problems)}")
+    else:
+        log("within budget: OK")
+    return 0

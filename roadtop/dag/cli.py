@@ -1,0 +1,112 @@
+"""The local pipeline's command line: run the notebook DAG with papermill, inspect it (`pipeline.py` adds `kaggle`).
+
+    python pipeline.py run [--params params/demo.yaml] [--force] [--only RUN ...] [--allow-partial]
+    python pipeline.py validate [--params FILE]      check a plan without running anything
+    python pipeline.py status [--params FILE]        each job: complete / failed (cause) / stale / pending
+    python pipeline.py check [--params FILE]         check the data and saved predictions, run nothing
+    python pipeline.py plan [--params FILE] [--override]   accum, est. peak GiB and time per run vs the budget
+"""
+
+import argparse
+import sys
+import time
+
+from ..errors import RoadtopError
+from .budget import check_plan
+from .checks import check_paddy, check_runs_dirs
+from .plan import DEFAULT_PLAN, load_plan, resolve_plan_data
+from .records import MANIFEST, job_state
+from .runner import run_plan
+
+__all__ = ["parser", "main"]
+
+
+def _plan(args):
+    return load_plan(args.params, getattr(args, "out", None))
+
+
+def cmd_run(args) -> int:
+    """Run the plan (only what is missing or changed, unless --force)."""
+    return run_plan(_plan(args), force=args.force, only=args.only, allow_partial=args.allow_partial,
+                    skip_bad=args.skip_bad)
+
+
+def cmd_check(args) -> int:
+    """Check the plan's data (images, train.csv, test ids) and any saved runs, before GPU time is spent."""
+    plan = _plan(args)
+    data = resolve_plan_data(plan)
+    probs = check_paddy(data, plan.data.get("labels"))
+    runs = [j.out_dir for j in plan.jobs if j.stage in ("train", "multitarget") and (j.out_dir / MANIFEST).exists()]
+    probs += check_runs_dirs(runs)
+    for p in probs:
+        print(p)
+    print(f"{data}: {len(probs)} problem(s); {len(runs)} saved run(s) checked")
+    return 1 if probs else 0
+
+
+def cmd_validate(args) -> int:
+    """Check the plan and list its jobs."""
+    plan = _plan(args)
+    for j in plan.jobs:
+        shown = {k: v for k, v in j.params.items() if k in ("arch", "item_method", "item_size", "size", "accum", "epochs")}
+        print(f"{j.name:32s} {j.notebook.name:18s} {shown if shown else ''}")
+    print(f"{plan.source}: OK, {len(plan.jobs)} jobs -> {plan.out_dir}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    """Per run: accum, est. peak GPU memory and time from the probe; refuse a plan over budget unless --override."""
+    return check_plan(_plan(args), override=args.override)
+
+
+def cmd_status(args) -> int:
+    """Show each job's state from its manifest (or failure record)."""
+    plan = _plan(args)
+    for j in plan.jobs:
+        s = job_state(j)
+        extra = {"complete": lambda: f"{s.get('seconds', 0):.0f}s, {s.get('finished', '')}",
+                 "failed": lambda: s.get("cause", ""), "pending": lambda: ""}[s["state"]]()
+        print(f"{j.name:32s} {s['state']:9s} {extra}")
+    return 0
+
+
+def parser(extra=()) -> argparse.ArgumentParser:
+    """The CLI's argument parser; each of `extra` adds commands to its subparsers."""
+    p = argparse.ArgumentParser(prog="pipeline.py", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def add(name, func, help):
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("--params", default=str(DEFAULT_PLAN), help="run plan YAML (default: params/demo.yaml)")
+        sp.add_argument("--out", default=None, help="output folder (default: the plan's out_dir, else outputs/)")
+        sp.set_defaults(func=func)
+        return sp
+
+    r = add("run", cmd_run, "run the plan's notebooks with papermill, then the ensemble")
+    r.add_argument("--force", action="store_true", help="rerun jobs even when up to date")
+    r.add_argument("--only", nargs="+", metavar="JOB", help="run just these jobs (e.g. convnext_crop ensemble)")
+    r.add_argument("--allow-partial", action="store_true", help="ensemble the complete runs even if some failed")
+    r.add_argument("--skip-bad", action="store_true", help="leave out bad images instead of stopping")
+    add("check", cmd_check, "check the data and saved runs, run nothing")
+    add("validate", cmd_validate, "check the plan, run nothing")
+    add("status", cmd_status, "show each job's state")
+    pl = add("plan", cmd_plan, "from the memory probe: accum, est. peak GiB and time per run against the budget")
+    pl.add_argument("--override", action="store_true", help="accept a plan over the time or memory budget")
+    for add_more in extra:  # e.g. roadtop.kaggle.cli.add_subcommands, from pipeline.py
+        add_more(sub)
+    return p
+
+
+def main(argv=None, extra=()) -> int:
+    """Entry point: one clear line and exit code 2 on bad input."""
+    args = parser(extra).parse_args(argv)
+    t0 = time.time()
+    try:
+        return args.func(args)
+    except RoadtopError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.time() - t0:.0f}s; rerun to finish what is missing", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,54 @@
+"""A job's records in its out_dir: manifest.json (complete, written last) and failed.json (one-line cause)."""
+
+import json
+import time
+from pathlib import Path
+
+from ..paths import atomic_write
+
+__all__ = ["MANIFEST", "FAILED", "job_state", "record_failure", "cause"]
+
+
+MANIFEST = "manifest.json"
+
+
+FAILED = "failed.json"
+
+
+def _read_json(f: Path):
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_state(job, fingerprint=None) -> dict:
+    """{'state': complete|stale|failed|pending, ...}: complete = manifest there, outputs there, fingerprint same."""
+    m = _read_json(job.out_dir / MANIFEST)
+    if m and all((job.out_dir / o).exists() for o in m.get("outputs", [])):
+        if fingerprint is None or m.get("fingerprint") == fingerprint:
+            return {"state": "complete", **m}
+        return {"state": "stale", **m}
+    f = _read_json(job.out_dir / FAILED)
+    if f:
+        return {"state": "failed", **f}
+    return {"state": "pending"}
+
+
+def cause(e: BaseException) -> str:
+    """One line saying why a notebook failed."""
+    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
+    line = f"{ename}: {evalue}" if ename else f"{type(e).__name__}: {e}"
+    line = " ".join(line.split())
+    return line[:300]
+
+
+def record_failure(job, cause: str, seconds: float = 0.0, notebook: str = "") -> dict:
+    """Write failed.json (the one-line cause `pipeline.py status` shows); the job is then not complete."""
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    (job.out_dir / MANIFEST).unlink(missing_ok=True)
+    rec = {"job": job.name, "cause": cause, "seconds": round(seconds, 1), "notebook": notebook,
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with atomic_write(job.out_dir / FAILED) as f:
+        json.dump(rec, f, indent=1)
+    return {"state": "failed", **rec}

@@ -1,0 +1,1 @@
+"""Kaggle: a plan's jobs as kernels (build, push, poll, collect, submit) and the weights dataset."""

@@ -1,0 +1,87 @@
+"""`pipeline.py kaggle push | status | collect | submit | weights`."""
+
+import argparse
+from pathlib import Path
+
+from ..dag.plan import load_plan
+from ..errors import RoadtopError
+from .datasets import package_weights
+from .flow import collect, push, status, submit
+from .settings import settings
+
+__all__ = ["add_subcommands"]
+
+
+def _plan(args):
+    """The plan named by --params (the default plan when none), with --out applied."""
+    return load_plan(getattr(args, "params", None), getattr(args, "out", None))
+
+
+def _cmd_push(args) -> int:
+    """`kaggle push`."""
+    return push(_plan(args), args.runs, force=args.force, wait=args.wait, dry_run=args.dry_run)
+
+
+def _cmd_status(args) -> int:
+    """`kaggle status`."""
+    return status(_plan(args), args.runs, once=args.once, interval=args.interval)
+
+
+def _cmd_collect(args) -> int:
+    """`kaggle collect`."""
+    return collect(_plan(args), args.runs, replace=args.replace)
+
+
+def _cmd_submit(args) -> int:
+    """`kaggle submit`."""
+    return submit(_plan(args), args.message)
+
+
+def _cmd_weights(args) -> int:
+    """`kaggle weights`: the weights of the plan's pretrained archs (or all found) as a Kaggle dataset."""
+    plan = _plan(args)
+    dataset = args.dataset or settings(plan).weights_dataset
+    if not dataset:
+        raise RoadtopError("name the dataset: --dataset owner/slug (or kaggle.weights_dataset in the plan)")
+    archs = sorted({j.params["arch"] for j in plan.jobs if j.params.get("pretrained") and "arch" in j.params})
+    dest = Path(plan.out_dir) / "kaggle" / "weights" / dataset.split("/")[-1]
+    package_weights(args.folder, dataset, archs, upload=not args.no_upload, st=settings(plan), dest=dest)
+    return 0
+
+
+def add_subcommands(parser):
+    """Add push/status/collect/submit/weights under `parser` (pipeline.py's `kaggle`), each with func(args)
+    -> exit code. Failures raise RoadtopError (one line), which pipeline.py prints."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default=argparse.SUPPRESS, help="plan YAML (default: params/demo.yaml)")
+    common.add_argument("--out", default=argparse.SUPPRESS, help="output folder (default: the plan's)")
+    runs = argparse.ArgumentParser(add_help=False)
+    runs.add_argument("--runs", nargs="+", metavar="NAME", help="run names or globs, e.g. 'train/*' ensemble")
+    sub = parser.add_subparsers(dest="kaggle_cmd", metavar="{push,status,collect,submit,weights}",
+                                required=True)
+
+    p = sub.add_parser("push", parents=[common, runs], help="push each run as a Kaggle kernel (internet off)")
+    p.add_argument("--force", action="store_true", help="push a new version even if nothing changed")
+    p.add_argument("--wait", action="store_true", help="poll; push runs that need others once those COMPLETE")
+    p.add_argument("--dry-run", action="store_true", help="only build the kernel folders under outputs/")
+    p.set_defaults(func=_cmd_push)
+
+    p = sub.add_parser("status", parents=[common, runs], help="poll the pushed kernels, live table")
+    p.add_argument("--once", action="store_true", help="one poll, then exit")
+    p.add_argument("--interval", type=float, help="seconds between polls (default: kaggle.poll_interval)")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("collect", parents=[common, runs], help="download kernel outputs into outputs/")
+    p.add_argument("--replace", action="store_true", help="install over a run's local results")
+    p.set_defaults(func=_cmd_collect)
+
+    p = sub.add_parser("submit", parents=[common], help="submit the ensemble (code or file competition)")
+    p.add_argument("--message", "-m", help="submission description")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("weights", parents=[common], help="the plan's pretrained weights as a Kaggle dataset")
+    p.add_argument("folder", help="folder of <arch>.safetensors files (or a Hugging Face cache folder)")
+    p.add_argument("--dataset", help="owner/slug (default: kaggle.weights_dataset of the plan)")
+    p.add_argument("--no-upload", action="store_true", help="only stage the dataset folder under outputs/")
+    p.set_defaults(func=_cmd_weights)
+    return parser

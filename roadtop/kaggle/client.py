@@ -1,0 +1,127 @@
+"""Calls to Kaggle through the official `kaggle` client: credentials, retries with backoff, one-line errors."""
+
+import io
+import os
+import sys
+import time
+from contextlib import redirect_stdout
+
+import requests
+import urllib3
+from kaggle.api.kaggle_api_extended import KaggleApi
+
+from ..errors import RoadtopError
+from .settings import KaggleSettings
+
+__all__ = ["KaggleCallError", "connect", "api_username", "call_kaggle"]
+
+
+class KaggleCallError(RoadtopError):
+    """A Kaggle API call that failed for good; `.code` is the HTTP status (None: no answer, or a refusal)."""
+
+    def __init__(self, message, code=None):
+        """One-line message naming the run; `code` the HTTP status."""
+        super().__init__(message)
+        self.code = code
+
+
+def connect():
+    """An authenticated `KaggleApi`: KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json."""
+    api = KaggleApi()
+    cfg_dir = os.environ.get("KAGGLE_CONFIG_DIR") or os.path.expanduser("~/.kaggle")
+    if not os.environ.get("KAGGLE_CONFIG_DIR") and not os.path.isdir(cfg_dir):
+        cfg_dir = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")
+    api.config_dir, api.config = cfg_dir, os.path.join(cfg_dir, "kaggle.json")  # the client's rule, now
+    buf = io.StringIO()
+    try:
+        with redirect_stdout(buf):
+            api.authenticate()
+    except SystemExit:
+        raise RoadtopError("no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_KEY, put kaggle.json "
+                           "in ~/.kaggle/ (chmod 600), or set KAGGLE_API_TOKEN (kaggle.com > Settings > API)"
+                           ) from None
+    except requests.RequestException as e:
+        code, msg = _http_error(e)
+        raise KaggleCallError(f"kaggle: checking the credentials failed ({code or 'no answer'}: {msg})",
+                              code) from None
+    if buf.getvalue().strip():
+        print(buf.getvalue().strip(), file=sys.stderr)  # e.g. the client's "key readable by others" warning
+    return api
+
+
+def api_username(api) -> str:
+    """The user the credentials belong to."""
+    return (getattr(api, "config_values", None) or {}).get("username", "")
+
+
+def _http_error(e):
+    """(HTTP status or None, server message) of an exception raised by the kaggle client."""
+    err = e
+    for _ in range(5):  # the client re-raises some HTTP errors as ValueError: look behind them
+        if err is None or isinstance(err, requests.HTTPError):
+            break
+        err = err.__context__
+    if isinstance(err, requests.HTTPError) and err.response is not None:
+        try:
+            msg = err.response.json().get("message") or err.response.reason
+        except ValueError:
+            msg = err.response.reason or str(err)
+        return err.response.status_code, msg
+    return None, (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _transient(e) -> bool:
+    """True for errors a retry can cure: no connection, timeouts."""
+    return isinstance(e, (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError,
+                          ConnectionError))
+
+
+def _retry_after(e):
+    """Seconds asked for by the Retry-After header of the HTTP error behind `e`, or None."""
+    try:
+        return max(0.0, float(e.response.headers.get("Retry-After")))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def call_kaggle(fn, *args, run: str, what: str, st=None, hint="", sleep=time.sleep, log=print, **kw):
+    """`fn(*args, **kw)`, retried with exponential backoff (or Retry-After) on 429/5xx/no answer; any other
+    failure is a KaggleCallError whose one line names the run, what failed and what to do (`hint`, a str or
+    {403: ..., 404: ...})."""
+    st = st or KaggleSettings()
+    for attempt in range(st.retries + 1):
+        try:
+            return fn(*args, **kw)
+        except Exception as e:
+            code, msg = _http_error(e)
+            if code is None and not _transient(e):
+                if isinstance(e, (ValueError, OSError)):  # the client's own checks, e.g. a bad metadata file
+                    raise KaggleCallError(f"{run}: {what} failed: {msg}") from None
+                raise
+            if (code is None or code == 429 or code >= 500) and attempt < st.retries:
+                delay = _retry_after(e)
+                delay = min(300.0, st.backoff * 2**attempt if delay is None else delay)
+                log(f"{run}: Kaggle answered {code or 'nothing'} to {what}; "
+                    f"retry {attempt + 1}/{st.retries} in {delay:.0f} s")
+                sleep(delay)
+                continue
+            raise KaggleCallError(_explain(code, msg, run, what, hint, st.retries + 1), code) from None
+    raise AssertionError("unreachable")
+
+
+def _explain(code, msg, run, what, hint, tries) -> str:
+    """One line for a failed Kaggle call."""
+    head = f"{run}: {what} failed"
+    if isinstance(hint, dict):
+        hint = hint.get(code, "")
+    if code == 401:
+        return (f"{head}: Kaggle rejected the credentials (401 {msg}): check KAGGLE_USERNAME/KAGGLE_KEY, "
+                "~/.kaggle/kaggle.json or KAGGLE_API_TOKEN")
+    if code == 403:
+        return f"{head}: Kaggle refused access (403 {msg}): {hint or 'check that this account may use it'}"
+    if code == 404:
+        return f"{head}: Kaggle found nothing (404 {msg}): {hint or 'check the name'}"
+    if code is None or code == 429 or code >= 500:
+        return (f"{head}: Kaggle still answered {code or 'nothing'} ({msg}) after {tries} tries: "
+                "rerun the same command later (local files are unchanged)")
+    return f"{head}: Kaggle answered {code} ({msg})"

@@ -1,0 +1,300 @@
+"""Kernel folders from a plan: the notebook with its parameters injected, its bootstrap cell and kernel-metadata.json."""
+
+import ast
+import fnmatch
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from papermill.iorw import load_notebook_node
+from papermill.parameterize import parameterize_notebook
+
+from ..errors import RoadtopError
+from ..paths import KAGGLE_INPUT, KAGGLE_WORKING, atomic_write
+from .record import load_state
+from .settings import KaggleSettings, kaggle_dir, kernel_slug, kernel_title, settings
+
+__all__ = ["Kernel", "select_jobs", "kaggle_out", "kaggle_params", "bootstrap_source", "kernel_notebook", "kernel_metadata", "build_kernels"]
+
+
+_GPU_STAGES = ("probe", "train", "multitarget")
+
+
+@dataclass
+class Kernel:
+    """One run as a Kaggle kernel: job, slug, owner/slug ref, folder, metadata, runs it reads, hash."""
+
+    job: object
+    slug: str
+    ref: str
+    folder: Path
+    meta: dict
+    needs: list
+    sha: str
+
+    @property
+    def name(self):
+        """The run name (e.g. train/convnext)."""
+        return self.job.name
+
+
+def select_jobs(plan, runs=None, st: KaggleSettings | None = None) -> list:
+    """The jobs to send: those matching `runs` (names or globs like 'train/*'), else the settings' stages."""
+    st = st or settings(plan)
+    names = [j.name for j in plan.jobs]
+    if runs:
+        picked = set()
+        for pat in runs:
+            hit = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+            if not hit:
+                raise RoadtopError(f"--runs {pat}: no such run in {plan.source} (runs: {', '.join(names)})")
+            picked.update(hit)
+        return [j for j in plan.jobs if j.name in picked]
+    out = [j for j in plan.jobs if j.stage in st.stages]
+    if not out:
+        raise RoadtopError(f"{plan.source}: no run of the stages {st.stages} to push: name runs with --runs")
+    return out
+
+
+def _ordered(jobs: list) -> list:
+    """`jobs`, each after the jobs it needs (depth-first, otherwise in plan order)."""
+    by, seen, out = {j.name: j for j in jobs}, set(), []
+
+    def visit(j, trail=()):
+        """Append `j` after the jobs it needs; `trail` catches cycles."""
+        if j.name in seen:
+            return
+        if j.name in trail:
+            raise RoadtopError(f"runs {' -> '.join((*trail, j.name))} need each other: fix 'needs'")
+        for n in j.needs:
+            if n in by:
+                visit(by[n], (*trail, j.name))
+        seen.add(j.name)
+        out.append(j)
+
+    for j in jobs:
+        visit(j)
+    return out
+
+
+def _local_paths(value, prefix=""):
+    """(where, value) of every absolute path outside /kaggle inside a param value (str, list or dict)."""
+    if isinstance(value, str):
+        local = value.startswith(("/", "~")) and not value.startswith("/kaggle/")
+        return [(prefix, value)] if local else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    return [hit for k, v in items for hit in _local_paths(v, f"{prefix}[{k!r}]")]
+
+
+def kaggle_out(job) -> Path:
+    """Where `job` writes on Kaggle: /kaggle/working for the ensemble (Kaggle takes submission.csv from
+    there), else /kaggle/working/<its local out_dir's name>, so saved runs keep their names."""
+    return KAGGLE_WORKING if job.stage == "ensemble" else KAGGLE_WORKING / Path(job.out_dir).name
+
+
+def kaggle_params(job, slug_of: dict, st: KaggleSettings, jobs: dict | None = None) -> dict:
+    """`job.params` for a Kaggle kernel: competition data, out_dir under /kaggle/working, run_dirs and
+    weights_dir at the attached kernels/dataset. `slug_of`: run -> slug of the runs sent to Kaggle;
+    `jobs`: run -> job."""
+    jobs = jobs or {job.name: job}
+    p = dict(job.params)
+    if "data_path" in p and not str(p["data_path"]).startswith("/kaggle/"):
+        p["data_path"] = "" if job.stage == "collab" else str(KAGGLE_INPUT / st.competition)
+    if "out_dir" in p:
+        p["out_dir"] = str(kaggle_out(job))
+    if "run_dirs" in p:
+        runs = _source_runs(job, slug_of, jobs)
+        p["run_dirs"] = [str(KAGGLE_INPUT / slug_of[n] / kaggle_out(jobs[n]).relative_to(KAGGLE_WORKING))
+                         for n in runs]
+        if not runs:
+            raise RoadtopError(f"{job.name}: none of the runs it reads is sent to Kaggle: push them with it "
+                               "(e.g. --runs 'train/*' ensemble)")
+    if p.get("pretrained"):
+        if "weights_dir" not in p:
+            raise RoadtopError(f"{job.name}: {Path(job.notebook).name} has no weights_dir parameter, and "
+                               "a Kaggle kernel has no internet to fetch weights: set pretrained: false")
+        if not st.weights_dataset:
+            raise RoadtopError(f"{job.name}: pretrained=True needs local weights on an internet-off kernel: "
+                               "run `pipeline.py kaggle weights FOLDER`, then set kaggle.weights_dataset")
+        p["weights_dir"] = str(KAGGLE_INPUT / st.weights_dataset.split("/")[1])
+    elif "weights_dir" in p:
+        p["weights_dir"] = ""
+    bad = [(k + sub, v) for k, val in p.items() for sub, v in _local_paths(val)]
+    if bad:
+        k, v = bad[0]
+        raise RoadtopError(f"{job.name}: parameter {k}={v!r} is a path on this machine, which a Kaggle "
+                           "kernel cannot see: leave it empty or point it under /kaggle/input")
+    return p
+
+
+def _source_runs(job, slug_of: dict, jobs: dict) -> list:
+    """Runs whose outputs `job` reads: its run_dirs matched to runs by out_dir, or (run_dirs=[]) its needs."""
+    wanted = job.params.get("run_dirs") or []
+    if not wanted:
+        needs = [n for n in job.needs if n in slug_of]
+        return [n for n in needs if jobs[n].stage in ("train", "multitarget")] or needs
+    by_dir = {Path(j.out_dir).resolve(): n for n, j in jobs.items()}
+    runs = []
+    for d in wanted:
+        n = by_dir.get(Path(d).resolve())
+        if n not in slug_of:
+            raise RoadtopError(f"{job.name}: run_dirs entry {d} is not the out_dir of a run sent to Kaggle: "
+                               "add that run to --runs, or leave run_dirs empty")
+        runs.append(n)
+    return runs
+
+
+def _imports(code: str) -> set:
+    """roadtop modules that Python source `code` imports (absolute, or relative inside roadtop)."""
+    code = "\n".join("" if ln.lstrip().startswith(("%", "!")) else ln for ln in code.splitlines())
+    found = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("roadtop.")}
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level == 0 and mod.startswith("roadtop"):
+                found |= {mod.split(".")[1]} if "." in mod else {a.name for a in node.names}
+            elif node.level == 1:
+                found |= {mod.split(".")[0]} if mod else {a.name for a in node.names}
+    return found
+
+
+def _modules(nb, pkg_dir: Path) -> list:
+    """File names of the roadtop modules the notebook's code needs, following imports between modules."""
+    try:
+        todo = set().union(*(_imports(c.source) for c in nb.cells if c.cell_type == "code"))
+    except SyntaxError:
+        return sorted(p.name for p in pkg_dir.glob("*.py"))  # cannot tell: send them all
+    seen = {"__init__", "errors", "paths"}
+    todo |= seen
+    while todo:
+        m = todo.pop()
+        seen.add(m)
+        if (pkg_dir / f"{m}.py").exists():
+            todo |= _imports((pkg_dir / f"{m}.py").read_text(encoding="utf-8")) - seen
+    return sorted(f"{m}.py" for m in seen if (pkg_dir / f"{m}.py").exists())
+
+
+def bootstrap_source(modules=None, pkg_dir=None) -> str:
+    """First cell of every kernel: writes roadtop's `modules` (file names; default all) to a temp folder
+    that goes first on sys.path, so `import roadtop` works on an internet-off kernel."""
+    pkg_dir = Path(pkg_dir or Path(__file__).parent.parent)
+    names = modules or sorted(p.name for p in pkg_dir.glob("*.py"))
+    body = "".join(f"    {n!r}: {(pkg_dir / n).read_text(encoding='utf-8')!r},\n" for n in names)
+    return (
+        "# roadtop bootstrap (added by `pipeline.py kaggle push`): this kernel runs with internet off, so\n"
+        f"# the roadtop modules it uses travel inline ({', '.join(names)});\n"
+        "# they are written to a temp folder put first on sys.path.\n"
+        "import os, sys, tempfile\n"
+        "_roadtop_src = {\n" + body + "}\n"
+        "_roadtop_dir = os.path.join(tempfile.gettempdir(), 'roadtop-src')\n"
+        "os.makedirs(os.path.join(_roadtop_dir, 'roadtop'), exist_ok=True)\n"
+        "for _name, _text in _roadtop_src.items():\n"
+        "    with open(os.path.join(_roadtop_dir, 'roadtop', _name), 'w', encoding='utf-8') as _f:\n"
+        "        _f.write(_text)\n"
+        "sys.path.insert(0, _roadtop_dir)\n"
+        "del _roadtop_src, _name, _text, _f\n"
+    )
+
+
+def _inputs_source(params: dict) -> str:
+    """A cell that points /kaggle/input/<slug>... parameters at where this session mounted them: Kaggle
+    mounts an input at /kaggle/input/<slug>, or in newer sessions under /kaggle/input/<kind>/<owner>/."""
+    names = [k for k, v in params.items()
+             if any(str(x).startswith(f"{KAGGLE_INPUT}/") for x in (v if isinstance(v, list) else [v]))]
+    if not names:
+        return ""
+    fix = [f"{k} = [_roadtop_input(p) for p in {k}]" if isinstance(params[k], list) else
+           f"{k} = _roadtop_input({k})" for k in names]
+    return "\n".join([
+        "# roadtop (added by `pipeline.py kaggle push`): inputs are mounted at /kaggle/input/<slug>, or in",
+        "# newer sessions at /kaggle/input/<kind>/<owner>/<slug>: point the parameters at wherever they are.",
+        "import glob as _glob, os as _os",
+        "def _roadtop_input(p, root='/kaggle/input/'):",
+        "    if _os.path.exists(p) or not p.startswith(root):",
+        "        return p",
+        "    rest = p[len(root):]",
+        "    hits = sorted(_glob.glob(root + '*/' + rest) + _glob.glob(root + '*/*/' + rest))",
+        "    return hits[0] if hits else p",
+        *fix,
+    ]) + "\n"
+
+
+def kernel_notebook(notebook, params: dict):
+    """`notebook` with `params` injected (papermill), then a cell that finds the inputs where Kaggle mounted
+    them; the bootstrap cell first; outputs cleared."""
+    nb = parameterize_notebook(load_notebook_node(str(notebook)), params, kernel_name="python3",
+                               language="python")
+    fix = _inputs_source(params)
+    if fix:
+        at = [i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", [])][0]
+        nb.cells.insert(at + 1, nbformat.v4.new_code_cell(fix, metadata={"tags": ["roadtop-inputs"]}))
+    boot = nbformat.v4.new_code_cell(bootstrap_source(_modules(nb, Path(__file__).parent.parent)))
+    boot.metadata["tags"] = ["roadtop-bootstrap"]
+    nb.cells.insert(0, boot)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if tags and tags[0] in ("roadtop-bootstrap", "injected-parameters", "roadtop-inputs"):
+            cell.id = tags[0]  # fixed ids: the same run gives the same text (and hash)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        for key in ("execution", "papermill", *(() if tags else ("tags",))):
+            cell.metadata.pop(key, None)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata.setdefault("language_info", {"name": "python"})
+    nbformat.validate(nb)
+    return nb
+
+
+def kernel_metadata(job, st: KaggleSettings, ref: str, slug: str, kernel_sources: list) -> dict:
+    """kernel-metadata.json for `job`, with the keys `kaggle kernels push` reads."""
+    datasets = list(st.datasets)
+    if job.params.get("pretrained") and st.weights_dataset:
+        datasets.insert(0, st.weights_dataset)
+    gpu = st.enable_gpu and job.stage in _GPU_STAGES
+    meta = {
+        "id": ref, "title": kernel_title(slug), "code_file": f"{slug}.ipynb", "language": "python",
+        "kernel_type": "notebook", "is_private": st.is_private, "enable_gpu": gpu, "enable_tpu": False,
+        "enable_internet": False, "dataset_sources": datasets,
+        "competition_sources": [] if job.stage == "collab" else [st.competition],
+        "kernel_sources": kernel_sources, "model_sources": [],
+    }
+    if st.accelerator and gpu:
+        meta["machine_shape"] = st.accelerator
+    return meta
+
+
+def build_kernels(plan, jobs: list, username: str, st=None, state=None, write=True, log=print) -> list:
+    """Kernel folders (notebook + kernel-metadata.json) under outputs/ for `jobs`, needed runs first."""
+    st = st or settings(plan)
+    state = state if state is not None else load_state(plan)
+    on_kaggle = {j.name for j in jobs} | set(state.get("kernels", {}))
+    slug_of = {j.name: kernel_slug(st.slug_prefix, j.name) for j in plan.jobs if j.name in on_kaggle}
+    clash = sorted(n for n, s in slug_of.items() if list(slug_of.values()).count(s) > 1)
+    if clash:
+        raise RoadtopError(f"runs {clash} give the same kernel slug {slug_of[clash[0]]}: rename one of them")
+    by_name = {j.name: j for j in plan.jobs}
+    kernels, missing = [], {}
+    for job in _ordered(jobs):
+        for n in job.needs:
+            if n not in slug_of:
+                missing.setdefault(n, []).append(job.name)
+        needs = [n for n in job.needs if n in slug_of]
+        slug = slug_of[job.name]
+        ref = f"{username}/{slug}"
+        meta = kernel_metadata(job, st, ref, slug, [f"{username}/{slug_of[n]}" for n in needs])
+        text = nbformat.writes(kernel_notebook(job.notebook, kaggle_params(job, slug_of, st, by_name)))
+        sha = hashlib.sha256((text + json.dumps(meta, sort_keys=True)).encode()).hexdigest()[:16]
+        folder = kaggle_dir(plan) / slug
+        if write:
+            with atomic_write(folder / meta["code_file"]) as f:
+                f.write(text)
+            with atomic_write(folder / "kernel-metadata.json") as f:
+                json.dump(meta, f, indent=2)
+        kernels.append(Kernel(job, slug, ref, folder, meta, needs, sha))
+    for n, who in missing.items():
+        log(f"{', '.join(who)}: need {n}, which is not sent to Kaggle; their kernels run without it")
+    return kernels

@@ -1,0 +1,74 @@
+"""The plan's `kaggle:` section with its defaults, and the names (slugs, titles, folders) derived from it."""
+
+import hashlib
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..errors import RoadtopError
+from ..paddy import COMPETITION
+
+__all__ = ["KaggleSettings", "settings", "slugify", "kernel_slug", "kernel_title", "kaggle_dir"]
+
+
+@dataclass
+class KaggleSettings:
+    """The plan's `kaggle:` section with its defaults; `settings()` refuses unknown keys and wrong types."""
+
+    competition: str = COMPETITION  # competition slug: every Paddy kernel's input, and the submit target
+    code_competition: bool = False  # submit the ensemble kernel's version, else its submission.csv
+    username: str = ""  # kernel owner; empty: the user the credentials belong to
+    slug_prefix: str = ""  # kernel slugs are <prefix>-<run>; empty: roadtop-<plan name>
+    stages: list = field(default_factory=lambda: ["train", "multitarget", "ensemble"])  # what `push` sends without --runs
+    enable_gpu: bool = True  # GPU for probe/train/multitarget kernels (ensemble and collab run on CPU)
+    accelerator: str = ""  # Kaggle machine shape, e.g. NvidiaTeslaT4; empty: Kaggle's default GPU
+    is_private: bool = True  # kernels are private
+    weights_dataset: str = ""  # owner/slug of the pretrained weights dataset (pipeline.py kaggle weights)
+    datasets: list = field(default_factory=list)  # extra owner/slug datasets attached to every kernel
+    timeout: int = 0  # session timeout in seconds; 0: Kaggle's own limit
+    poll_interval: float = 60.0  # seconds between status polls
+    retries: int = 5  # retries after a 429/5xx/no answer
+    backoff: float = 2.0  # first retry delay in seconds, doubling each time (a Retry-After header wins)
+
+
+def settings(plan) -> KaggleSettings:
+    """KaggleSettings from `plan.kaggle`; an unknown key or a wrong type is a RoadtopError naming the plan."""
+    raw = dict(getattr(plan, "kaggle", None) or {})
+    known, defaults = [f.name for f in fields(KaggleSettings)], KaggleSettings()
+    where = f"{getattr(plan, 'source', 'plan')}: kaggle"
+    for k, v in raw.items():
+        if k not in known:
+            raise RoadtopError(f"{where}.{k} is unknown: use one of {', '.join(known)}")
+        want = type(getattr(defaults, k))
+        ok = isinstance(v, want) or (want is float and isinstance(v, int)) or (want is str and v is None)
+        if not ok or (want is not bool and isinstance(v, bool)):
+            raise RoadtopError(f"{where}.{k}={v!r} should be {want.__name__}: fix it in the plan")
+    st = KaggleSettings(**{k: ("" if v is None else v) for k, v in raw.items()})
+    st.slug_prefix = st.slug_prefix or slugify(f"roadtop-{getattr(plan, 'name', 'plan')}")
+    for ds in [st.weights_dataset, *st.datasets]:
+        if ds and not re.fullmatch(r"[\w.-]+/[\w.-]+", ds):
+            raise RoadtopError(f"{where}: dataset '{ds}' should be owner/slug, as in its URL")
+    return st
+
+
+def slugify(text: str) -> str:
+    """Kaggle-style slug: lowercase ASCII letters, digits and single hyphens."""
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
+
+
+def kernel_slug(prefix: str, run: str) -> str:
+    """Slug of run `run`'s kernel: <prefix>-<run>, 5-50 characters (a long one ends in a short hash)."""
+    s = slugify(f"{prefix}-{run}")
+    if len(s) > 50:
+        s = s[:43].rstrip("-") + "-" + hashlib.sha1(s.encode()).hexdigest()[:6]
+    return s if len(s) >= 5 else f"{s}-kernel"
+
+
+def kernel_title(slug: str) -> str:
+    """A title that Kaggle turns back into exactly `slug` (Kaggle derives a kernel's URL from its title)."""
+    return slug.replace("-", " ")
+
+
+def kaggle_dir(plan) -> Path:
+    """Where the kernel folders and the push record (kernels.json) of `plan` live: <out_dir>/kaggle/<name>."""
+    return Path(plan.out_dir) / "kaggle" / slugify(plan.name)
