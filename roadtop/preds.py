@@ -28,6 +28,10 @@ class RunPreds:
     holdout_probs: np.ndarray  # (n_holdout, n_classes)
     valid_error: float = float("nan")
     meta: dict = field(default_factory=dict)
+    # out-of-fold predictions of a k-fold run (its validation fold): empty for a random-split run
+    oof_ids: list = field(default_factory=list)
+    oof_labels: list = field(default_factory=list)
+    oof_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
 
 def error(probs, vocab, labels) -> float:
@@ -45,6 +49,8 @@ def save_preds(out_dir, p: RunPreds) -> Path:
                  test_probs=np.asarray(p.test_probs, np.float32), holdout_ids=np.array(p.holdout_ids, dtype=str),
                  holdout_labels=np.array(p.holdout_labels, dtype=str),
                  holdout_probs=np.asarray(p.holdout_probs, np.float32),
+                 oof_ids=np.array(p.oof_ids, dtype=str), oof_labels=np.array(p.oof_labels, dtype=str),
+                 oof_probs=np.asarray(p.oof_probs, np.float32).reshape(len(p.oof_ids), -1 if len(p.oof_ids) else 0),
                  meta=np.array(json.dumps({"name": p.name, "arch": p.arch, "valid_error": float(p.valid_error),
                                            **p.meta})))
     return f
@@ -65,10 +71,14 @@ def load_preds(run_dir) -> RunPreds:
                  valid_error=meta.pop("valid_error", float("nan")), meta=meta,
                  vocab=d["vocab"].tolist(), test_ids=d["test_ids"].tolist(), test_probs=d["test_probs"],
                  holdout_ids=d["holdout_ids"].tolist(), holdout_labels=d["holdout_labels"].tolist(),
-                 holdout_probs=d["holdout_probs"])
-    for what in ("test_probs", "holdout_probs"):
+                 holdout_probs=d["holdout_probs"], oof_ids=d.get("oof_ids", np.zeros(0, str)).tolist(),
+                 oof_labels=d.get("oof_labels", np.zeros(0, str)).tolist(),
+                 oof_probs=d.get("oof_probs", np.zeros((0, len(d["vocab"])), np.float32)))
+    if not len(p.oof_ids):
+        p.oof_probs = p.oof_probs.reshape(0, len(p.vocab))
+    for what, ids in (("test_probs", p.test_ids), ("holdout_probs", p.holdout_ids), ("oof_probs", p.oof_ids)):
         a = getattr(p, what)
-        n_rows = len(p.test_ids if what == "test_probs" else p.holdout_ids)
+        n_rows = len(ids)
         if a.ndim != 2 or a.shape != (n_rows, len(p.vocab)):
             raise RoadtopError(f"{f}: {what} has shape {a.shape}, expected ({n_rows}, {len(p.vocab)}): rerun that run")
         if len(a) and not np.isfinite(a).all():

@@ -1,0 +1,43 @@
+"""The pipeline's stages, declared once: what each one runs, what it needs, and what it is.
+
+Every part that has to know about stages (the planner, the runner, the budget, the Kaggle builder, `status`)
+reads this table instead of testing `stage == ...` itself.
+"""
+
+from dataclasses import dataclass
+
+__all__ = ["Stage", "STAGES", "ORDER", "stage"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the DAG: its notebook, the stages it reads, and what kind of job it is."""
+
+    name: str
+    notebook: str  # file name under notebooks/
+    upstream: tuple = ()  # stages whose jobs run first and whose outputs it reads (when the plan has them)
+    many: bool = False  # the plan's section holds named runs (train: {defaults, runs}), one job each
+    trains: bool = False  # trains a model: takes `accum`, is measured by the probe
+    gpu: bool = False  # wants a GPU (on Kaggle: enable_gpu)
+    paddy: bool = False  # reads the Paddy data (the data check runs first)
+    member: bool = False  # its saved predictions feed the ensemble
+    publishes: tuple = ()  # files copied to the plan's output folder when it completes
+
+
+# In execution order. The probe sizes the runs, the runs feed the ensemble; collab stands alone.
+STAGES = {s.name: s for s in (
+    Stage("probe", "probe.ipynb", gpu=True, paddy=True),
+    Stage("train", "train.ipynb", ("probe",), many=True, trains=True, gpu=True, paddy=True, member=True),
+    Stage("multitarget", "multitarget.ipynb", ("probe",), trains=True, gpu=True, paddy=True, member=True),
+    Stage("collab", "collab.ipynb"),
+    Stage("ensemble", "ensemble.ipynb", ("train", "multitarget"), paddy=True, publishes=("submission.csv",)),
+)}
+ORDER = tuple(STAGES)
+
+
+def stage(name: str) -> Stage:
+    """The stage called `name` (KeyError names the known ones)."""
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}: the stages are {', '.join(ORDER)}") from None
