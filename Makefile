@@ -1,26 +1,43 @@
 # Two commands do all set-up on a fresh machine:  make demo  |  make test
+# They install into a project virtualenv, .venv, made with $(PYTHON) (any Python 3.10+), so a distribution's Python
+# that refuses `pip install` (PEP 668, "externally-managed-environment") works too. A virtualenv or conda env that
+# is already active (VIRTUAL_ENV / CONDA_PREFIX set) is used as it is instead.
 PYTHON ?= python3
+
+ifneq ($(VIRTUAL_ENV)$(CONDA_PREFIX),)
+VENV :=
+PY := $(PYTHON)
 STAMP := .install.stamp
+else
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install.stamp
+endif
 
 .PHONY: install demo test bench clean
 
-# Installs into the current Python (a venv or conda env if one is active). Re-runs only when requirements change.
-$(STAMP): requirements.txt pyproject.toml
-	$(PYTHON) -m pip install -q -r requirements.txt
-	$(PYTHON) -m pip install -q --no-deps -e .
+ifneq ($(VENV),)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+endif
+
+# Installs once; again only when requirements.txt or pyproject.toml change.
+$(STAMP): requirements.txt pyproject.toml | $(if $(VENV),$(PY))
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install  ## the whole pipeline on the embedded demo -> outputs/submission.csv
-	$(PYTHON) pipeline.py run --params params/demo.yaml
+	$(PY) pipeline.py run --params params/demo.yaml
 
 test: install  ## the test suite (about 6 minutes on 2 cores)
-	$(PYTHON) -m pytest -q
+	$(PY) -m pytest -q
 
 bench: install  ## benchmarks: demo end-to-end time, collab RMSE/seconds
-	$(PYTHON) bench/demo.py
-	$(PYTHON) bench/collab.py demo
+	$(PY) bench/demo.py
+	$(PY) bench/collab.py demo
 
 clean:
-	rm -rf outputs $(STAMP)
+	rm -rf outputs .install.stamp $(VENV)/.install.stamp  # keeps .venv; delete it by hand to rebuild

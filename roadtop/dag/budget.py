@@ -9,11 +9,9 @@ import torch
 from ..accum import PROBE_JSON, _norm, choose_accum, run_spec, trial_fits
 from ..errors import RoadtopError
 from .records import FAILED
+from .stages import stage
 
-__all__ = ["RUN_STAGES", "RUN_OVERHEAD_S", "run_key", "probe_runs", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "check_plan"]
-
-
-RUN_STAGES = ("train", "multitarget")  # the stages whose jobs train a model (and take `accum`)
+__all__ = ["RUN_OVERHEAD_S", "run_key", "probe_runs", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "check_plan"]
 
 
 INFER_RATIO = 1 / 3  # forward-only cost relative to a training step, when inference was not timed
@@ -29,7 +27,7 @@ def run_key(job) -> str:
 
 def probe_runs(jobs) -> dict:
     """run name -> spec for every training job: what the pipeline injects as the probe's `runs`."""
-    return {run_key(j): run_spec(j.params) for j in jobs if j.stage in RUN_STAGES}
+    return {run_key(j): run_spec(j.params) for j in jobs if stage(j.stage).trains}
 
 
 def load_probe(out_dir) -> dict:
@@ -55,7 +53,7 @@ def load_probe(out_dir) -> dict:
 def _probe_job(plan, why: str):
     """The plan's probe job, or one clear error saying that `why` needs it."""
     for j in plan.jobs:
-        if j.stage == "probe":
+        if stage(j.stage).measures:
             return j
     raise RoadtopError(f"{plan.source.name}: {why} needs the memory probe: add a `probe:` section to the plan "
                        f"(e.g. `probe: {{}}`)")
@@ -122,7 +120,7 @@ def plan_rows(plan) -> tuple:
     budget, margin = pj.params["gpu_budget_gb"], pj.params["margin_gb"]
     rows, cum = [], float(probe.get("seconds") or 0)
     for job in plan.jobs:
-        if job.stage not in RUN_STAGES:
+        if not stage(job.stage).trains:
             continue
         name, acc = run_key(job), job.params.get("accum", 1)
         e = _entry(probe, name, run_spec(job.params), f"{plan.source.name} {job.name}")

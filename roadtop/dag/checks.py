@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,14 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with the data. `image` is set when leaving that image out would fix it."""
+    """One thing wrong with the data or a saved run. `image` is set when leaving that image out would fix it;
+    `run` names the run whose saved predictions are at fault."""
 
     where: str
     what: str
     fix: str
     image: str = ""
+    run: str = ""
 
     def __str__(self):
         return f"{self.where}: {self.what}: {self.fix}"
@@ -48,24 +51,44 @@ def _images(folder: Path):
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
+def _read_csv(f: Path, probs: list, header: str):
+    """The CSV as strings, or None after adding one problem: missing, unreadable, or without an image_id column."""
+    if not f.exists():
+        probs.append(Problem(str(f), "missing", f"copy {f.name} from the competition data"))
+        return None
+    try:
+        df = pd.read_csv(f, dtype=str, keep_default_na=False)
+    except Exception as e:  # noqa: BLE001 - pandas raises several kinds for a broken CSV
+        probs.append(Problem(str(f), f"not a readable CSV ({type(e).__name__})", f"copy {f.name} again"))
+        return None
+    if "image_id" not in df.columns:
+        probs.append(Problem(str(f), f"no image_id column (header: {','.join(map(str, df.columns))[:80]})",
+                             f"the header must be {header}"))
+        return None
+    return df
+
+
 def check_paddy(path, labels=None, threads: int = 4) -> list:
     """Every problem in a Paddy folder: bad JPEGs, unknown label folders, train.csv vs images, duplicates, test ids."""
     path, labels = Path(path), set(labels or LABELS)
     probs = []
     trn = _images(path / "train_images")
     tst = _images(path / "test_images")
+    trn_set = set(trn)
     with ThreadPoolExecutor(threads) as ex:
         for f, why in zip(trn + tst, ex.map(check_image, trn + tst)):
-            if why and f in trn:
+            if why and f in trn_set:
                 probs.append(Problem(str(f), f"unreadable image ({why})", "replace the file or use --skip-bad",
                                      image=f.name))
             elif why:  # a test image cannot be skipped: the submission needs a row for it
                 probs.append(Problem(str(f), f"unreadable image ({why})", "restore it from the competition data"))
-    seen = {}
+    seen, nested = {}, set()
     for f in trn:
         if f.parent.parent != path / "train_images":
-            probs.append(Problem(str(f), "image not directly in a label folder",
-                                 "move it to train_images/<label>/", image=f.name))
+            up = f.parent.parent if f.parent.parent.parent == path / "train_images" else path / "train_images/<label>"
+            probs.append(Problem(str(f), "image nested too deep (not directly in a label folder)",
+                                 f"move it to {up}/ or use --skip-bad", image=f.name))
+            nested.add(f.name)
             continue
         if f.parent.name not in labels:
             probs.append(Problem(str(f), f"label folder '{f.parent.name}' is not in the plan's labels",
@@ -75,61 +98,72 @@ def check_paddy(path, labels=None, threads: int = 4) -> list:
                                  image=f.name))
         seen.setdefault(f.name, str(f))
     csv = path / "train.csv"
-    if csv.exists():
-        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
-        if "image_id" not in df.columns:
-            probs.append(Problem(str(csv), "no image_id column", "the header must be image_id,label,variety,age"))
-        else:
-            for iid in df.loc[df["image_id"].duplicated(), "image_id"].unique():
-                probs.append(Problem(str(csv), f"duplicate image id {iid}", "remove the repeated row"))
-            rows = set(df["image_id"])
-            for f in trn:
-                if f.name not in rows:
-                    probs.append(Problem(str(f), "no train.csv row for this image",
-                                         "add its row (image_id,label,variety,age) or use --skip-bad", image=f.name))
-            for iid in sorted(rows - set(seen)):
-                probs.append(Problem(str(csv), f"row {iid} has no image under train_images/",
-                                     "restore the image or delete the row"))
-            if "label" in df.columns:
-                where = {f.name: f.parent.name for f in trn}
-                for iid, lab in zip(df["image_id"], df["label"]):
-                    if iid in where and where[iid] != lab:
-                        probs.append(Problem(str(csv), f"row {iid} says '{lab}' but the image is in '{where[iid]}/'",
-                                             "fix the row or move the image", image=iid))
-    else:
-        probs.append(Problem(str(csv), "missing", "copy train.csv from the competition data"))
+    df = _read_csv(csv, probs, "image_id,label,variety,age")
+    if df is not None:
+        for iid in df.loc[df["image_id"].duplicated(), "image_id"].unique():
+            probs.append(Problem(str(csv), f"duplicate image id {iid}", "remove the repeated row"))
+        rows = set(df["image_id"])
+        for f in trn:
+            if f.name not in rows and f.name not in nested:
+                probs.append(Problem(str(f), "no train.csv row for this image",
+                                     "add its row (image_id,label,variety,age) or use --skip-bad", image=f.name))
+        for iid in sorted(rows - set(seen) - nested):
+            probs.append(Problem(str(csv), f"row {iid} has no image under train_images/",
+                                 "restore the image or delete the row"))
+        if "label" in df.columns:
+            folder = {f.name: f.parent.name for f in trn if f.name not in nested}
+            for iid, lab in zip(df["image_id"], df["label"]):
+                if iid in folder and folder[iid] != lab:
+                    probs.append(Problem(str(csv), f"row {iid} says '{lab}' but the image is in '{folder[iid]}/'",
+                                         "fix the row or move the image (or use --skip-bad)", image=iid))
     for f in tst:
         if f.name in seen:
-            probs.append(Problem(str(f), "test image id also used in train_images/", "check the data download"))
+            probs.append(Problem(str(f), f"test image id also a training image ({seen[f.name]})",
+                                 "a test image must not be in train_images/: download the competition data again"))
     sample = path / "sample_submission.csv"
-    if sample.exists():
-        ids = list(pd.read_csv(sample, dtype=str, keep_default_na=False).get("image_id", []))
+    sub = _read_csv(sample, probs, "image_id,label")
+    if sub is not None:
+        ids = list(sub["image_id"])
         have = {f.name for f in tst}
         for iid in sorted(set(ids) - have)[:20]:
             probs.append(Problem(str(sample), f"id {iid} has no image in test_images/", "restore the test image"))
         for iid in sorted(have - set(ids))[:20]:
             probs.append(Problem(str(path / "test_images" / iid), "test image not in sample_submission.csv",
                                  "remove it or use the competition's sample_submission.csv"))
-        if len(ids) != len(set(ids)):
-            probs.append(Problem(str(sample), "duplicate image ids", "use the competition's sample_submission.csv"))
-    else:
-        probs.append(Problem(str(sample), "missing", "copy sample_submission.csv from the competition data"))
+        dups = sorted(sub.loc[sub["image_id"].duplicated(), "image_id"].unique())
+        if dups:
+            probs.append(Problem(str(sample), f"duplicate image id(s) {', '.join(dups[:5])}"
+                                              f"{' ...' if len(dups) > 5 else ''}",
+                                 "keep one row per test image (or use the competition's sample_submission.csv)"))
     return probs
 
 
+def _signature(r) -> tuple:
+    """What runs must share to be ensembled: vocab, test ids and holdout ids, in order."""
+    return tuple(map(tuple, (r.vocab, r.test_ids, r.holdout_ids)))
+
+
 def check_runs_dirs(run_dirs) -> list:
-    """Problems in saved predictions: unreadable, NaN, not probabilities, or disagreeing vocab / test-id order."""
-    probs, runs = [], []
-    for d in run_dirs:
+    """Problems in saved predictions: unreadable, NaN, not probabilities, or disagreeing vocab / test-id order.
+
+    `run_dirs` maps run name -> folder (a list of folders names each run by its folder). Each problem names its
+    run in `run`; runs that disagree are measured against the order most runs share (the first on a tie).
+    """
+    named = dict(run_dirs) if isinstance(run_dirs, dict) else {str(d): d for d in run_dirs}
+    probs, runs = [], {}
+    for name, d in named.items():
         try:
-            runs.append(load_preds(d))
+            runs[name] = load_preds(d)
         except RoadtopError as e:
-            probs.append(Problem(str(d), str(e), "rerun that run (pipeline.py run --only NAME --force)"))
+            probs.append(Problem(str(d), str(e), "rerun that run (pipeline.py run --only NAME --force)", run=name))
     if len(runs) > 1:
-        try:
-            check_runs(runs)
-        except RoadtopError as e:
-            probs.append(Problem("ensemble", str(e), "rerun the named run"))
+        common = Counter(map(_signature, runs.values())).most_common(1)[0][0]
+        ref = next(r for r in runs.values() if _signature(r) == common)
+        for name, r in runs.items():
+            try:
+                check_runs([ref, r])
+            except RoadtopError as e:
+                probs.append(Problem(str(named[name]), str(e), "rerun it on the same data", run=name))
     return probs
 
 

@@ -2,7 +2,7 @@
 
     python pipeline.py run [--params params/demo.yaml] [--force] [--only RUN ...] [--allow-partial]
     python pipeline.py validate [--params FILE]      check a plan without running anything
-    python pipeline.py status [--params FILE]        each job: complete / failed (cause) / stale / pending
+    python pipeline.py status [--params FILE]        each job: complete / stale (what changed) / failed (cause) / pending
     python pipeline.py check [--params FILE]         check the data and saved predictions, run nothing
     python pipeline.py plan [--params FILE] [--override]   accum, est. peak GiB and time per run vs the budget
 """
@@ -15,8 +15,9 @@ from ..errors import RoadtopError
 from .budget import check_plan
 from .checks import check_paddy, check_runs_dirs
 from .plan import DEFAULT_PLAN, load_plan, resolve_plan_data
-from .records import MANIFEST, job_state
-from .runner import run_plan
+from .records import MANIFEST
+from .runner import prepare_data, run_plan, walk
+from .stages import stage
 
 __all__ = ["parser", "main"]
 
@@ -36,7 +37,7 @@ def cmd_check(args) -> int:
     plan = _plan(args)
     data = resolve_plan_data(plan)
     probs = check_paddy(data, plan.data.get("labels"))
-    runs = [j.out_dir for j in plan.jobs if j.stage in ("train", "multitarget") and (j.out_dir / MANIFEST).exists()]
+    runs = {j.name: j.out_dir for j in plan.jobs if stage(j.stage).member and (j.out_dir / MANIFEST).exists()}
     probs += check_runs_dirs(runs)
     for p in probs:
         print(p)
@@ -59,14 +60,30 @@ def cmd_plan(args) -> int:
     return check_plan(_plan(args), override=args.override)
 
 
+def _status_line(step) -> str:
+    """What `status` says after a job's state: when it finished, what changed, why it failed or waits."""
+    s = step.state
+    if s["state"] == "failed":
+        return s.get("cause", "")
+    if step.cannot_start or step.waits:
+        return f"cannot start: {step.cannot_start}" if step.cannot_start else f"waits: {step.waits}"
+    if s["state"] == "complete":
+        return f"{s.get('seconds', 0):.0f}s, {s.get('finished', '')}"
+    if s["state"] == "stale":
+        return f"changed: {'; '.join(s.get('changed') or ['?'])} (ran {s.get('finished', '')})"
+    return s.get("cause", "")
+
+
 def cmd_status(args) -> int:
-    """Show each job's state from its manifest (or failure record)."""
+    """Each job: complete / stale (what changed) / failed (cause) / pending, from the fingerprints `run` computes."""
     plan = _plan(args)
-    for j in plan.jobs:
-        s = job_state(j)
-        extra = {"complete": lambda: f"{s.get('seconds', 0):.0f}s, {s.get('finished', '')}",
-                 "failed": lambda: s.get("cause", ""), "pending": lambda: ""}[s["state"]]()
-        print(f"{j.name:32s} {s['state']:9s} {extra}")
+    _, data_fp = prepare_data(plan, skip_bad=args.skip_bad, check=False)
+    states = {}
+    steps = list(walk(plan, data_fp, states, args.allow_partial, projected=True))
+    for step in steps:
+        s = states[step.job.name]  # the ensemble's check may have marked a run failed after its own step
+        extra = _status_line(step) if s is step.state else s.get("cause", "")
+        print(f"{step.job.name:32s} {s['state']:9s} {extra}".rstrip())
     return 0
 
 
@@ -89,7 +106,9 @@ def parser(extra=()) -> argparse.ArgumentParser:
     r.add_argument("--skip-bad", action="store_true", help="leave out bad images instead of stopping")
     add("check", cmd_check, "check the data and saved runs, run nothing")
     add("validate", cmd_validate, "check the plan, run nothing")
-    add("status", cmd_status, "show each job's state")
+    st = add("status", cmd_status, "each job: complete / stale (what changed) / failed (cause) / pending")
+    st.add_argument("--allow-partial", action="store_true", help="as `run --allow-partial` would see the ensemble")
+    st.add_argument("--skip-bad", action="store_true", help="as `run --skip-bad` would see the runs")
     pl = add("plan", cmd_plan, "from the memory probe: accum, est. peak GiB and time per run against the budget")
     pl.add_argument("--override", action="store_true", help="accept a plan over the time or memory budget")
     for add_more in extra:  # e.g. roadtop.kaggle.cli.add_subcommands, from pipeline.py

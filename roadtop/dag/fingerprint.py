@@ -2,12 +2,20 @@
 
 import hashlib
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["data_fingerprint", "job_fingerprint"]
+from ..paths import atomic_write
+
+__all__ = ["PART_NAMES", "file_hashes", "data_fingerprint", "job_parts", "fingerprint", "what_changed"]
+
+PART_NAMES = ("notebook", "params", "data", "upstream")  # what a job's fingerprint is made of, in this order
+_SET_BY_PIPELINE = ("out_dir", "data_path", "run_dirs")  # paths: the data and upstream parts say what they hold
 
 
 def _sha(*parts) -> str:
+    """sha256 hex of `parts`, each as bytes or str, NUL-separated."""
     h = hashlib.sha256()
     for p in parts:
         h.update(p if isinstance(p, bytes) else str(p).encode())
@@ -15,17 +23,56 @@ def _sha(*parts) -> str:
     return h.hexdigest()
 
 
-def data_fingerprint(path) -> str:
-    """Names and sizes of every file under the data folder, plus the CSVs' bytes (fast on 14k images)."""
+def _file_sha(f: Path) -> str:
+    """sha256 hex of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_cache(f) -> dict:
+    """The per-file hash cache {rel: [size, mtime_ns, sha]}, or {} if absent or unreadable."""
+    try:
+        return json.loads(Path(f).read_text())
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def file_hashes(path, cache_file=None, threads: int = 4) -> dict:
+    """{relative path: sha256 of its bytes} for every file under `path`.
+
+    With `cache_file`, a file's hash is reused while its size and mtime are unchanged, so a rerun on 14k unchanged
+    images only stats them; a file rewritten in place (even with the same size) is read again.
+    """
     path = Path(path)
-    items = []
-    for f in sorted(path.rglob("*")):
-        if f.is_file():
+    old = _read_cache(cache_file) if cache_file else {}
+    stats, todo = {}, []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in filenames:
+            f = Path(dirpath) / name
+            st = f.stat()
             rel = f.relative_to(path).as_posix()
-            items.append(f"{rel}:{f.stat().st_size}")
-            if f.suffix == ".csv":
-                items.append(hashlib.sha256(f.read_bytes()).hexdigest())
-    return _sha(*items)
+            stats[rel] = [st.st_size, st.st_mtime_ns]
+            hit = old.get(rel)
+            if not (hit and hit[:2] == stats[rel]):
+                todo.append(rel)
+    with ThreadPoolExecutor(threads) as ex:  # hashlib releases the GIL: reading and hashing overlap
+        fresh = dict(zip(todo, ex.map(lambda rel: _file_sha(path / rel), todo)))
+    hashes = {rel: fresh[rel] if rel in fresh else old[rel][2] for rel in sorted(stats)}
+    if cache_file and (todo or set(old) != set(stats)):
+        with atomic_write(cache_file) as fh:
+            json.dump({rel: [*stats[rel], h] for rel, h in hashes.items()}, fh)
+    return hashes
+
+
+def data_fingerprint(path, cache_dir=None) -> str:
+    """The data folder's content: every file's name and sha256 (hashes cached per file under `cache_dir`)."""
+    path = Path(path)
+    cache = Path(cache_dir) / f"hashes-{_sha(path.resolve())[:12]}.json" if cache_dir else None
+    return _sha(*(f"{rel}:{h}" for rel, h in file_hashes(path, cache).items()))
 
 
 def _notebook_source(nb: Path) -> str:
@@ -34,13 +81,45 @@ def _notebook_source(nb: Path) -> str:
     return json.dumps([(c["cell_type"], "".join(c["source"])) for c in cells])
 
 
-def job_fingerprint(job, data_fp: str, upstream: dict, members=None) -> str:
-    """Notebook source + parameters + input data + the fingerprints of the jobs it reads.
+def job_parts(job, data_fp: str, upstream: dict, members=None) -> dict:
+    """What a job's result depends on: notebook source (hash), parameters, input data, the upstream jobs it reads.
 
-    Paths the pipeline sets (out_dir, data_path, run_dirs) are left out: the data and upstream fingerprints already
-    say what they hold, so the same plan in another output folder has the same fingerprints.
+    Paths the pipeline sets (out_dir, data_path, run_dirs) are left out: the data and upstream parts already say
+    what they hold, so the same plan in another output folder has the same fingerprints.
     """
-    params = {k: v for k, v in job.params.items() if k not in ("out_dir", "data_path", "run_dirs")}
+    params = {k: v for k, v in job.params.items() if k not in _SET_BY_PIPELINE}
     reads = job.needs if members is None else members
-    return _sha(_notebook_source(job.notebook), json.dumps(params, sort_keys=True, default=str), data_fp,
-                json.dumps({n: upstream.get(n) for n in reads}, sort_keys=True))
+    return {"notebook": _sha(_notebook_source(job.notebook)),
+            "params": json.loads(json.dumps(params, sort_keys=True, default=str)),
+            "data": data_fp, "upstream": {n: upstream.get(n) for n in reads}}
+
+
+def fingerprint(parts: dict) -> str:
+    """One hash of a job's parts (job_parts)."""
+    return _sha(*(json.dumps(parts[k], sort_keys=True) for k in PART_NAMES))
+
+
+def _short(v, n: int = 40) -> str:
+    """A value as at most `n` characters of JSON."""
+    s = json.dumps(v, default=str)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def what_changed(old: dict, new: dict) -> list:
+    """What differs between two jobs' parts, one phrase each: 'params (epochs 1 -> 2)', 'upstream (train/a)'."""
+    if not old:
+        return ["fingerprint (recorded before its parts were)"]
+    out = []
+    for k in PART_NAMES:
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if k in ("params", "upstream") and isinstance(a, dict) and isinstance(b, dict):
+            keys = sorted(n for n in set(a) | set(b) if a.get(n, "(unset)") != b.get(n, "(unset)"))
+            if k == "params":
+                keys = [f"{n} {_short(a[n]) if n in a else '(unset)'} -> {_short(b[n]) if n in b else '(unset)'}"
+                        for n in keys]
+            out.append(f"{k} ({', '.join(keys)})")
+        else:
+            out.append(k)
+    return out

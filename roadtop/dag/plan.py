@@ -11,14 +11,12 @@ from ..paddy import make_demo, resolve_data
 from ..paths import NOTEBOOKS, ROOT, iskaggle
 from .budget import probe_runs
 from .params import check_arch, notebook_params, validate_params
+from .stages import ORDER, stage
 
-__all__ = ["STAGES", "DEFAULT_PLAN", "Job", "Plan", "load_plan", "resolve_plan_data"]
+__all__ = ["DEFAULT_PLAN", "Job", "Plan", "load_plan", "resolve_plan_data"]
 
-# The DAG, in execution order: the probe sizes the runs, the runs feed the ensemble; collab stands alone.
-STAGES = ("probe", "train", "multitarget", "collab", "ensemble")
-PADDY_STAGES = ("probe", "train", "multitarget", "ensemble")
 DEFAULT_PLAN = ROOT / "params" / "demo.yaml"
-_TOP = {"name", "out_dir", "data", "kaggle", *STAGES}
+_TOP = {"name", "out_dir", "data", "kaggle", *ORDER}
 _DATA = {"path", "demo", "holdout_pct", "holdout_seed", "labels", "skip_bad"}
 _SET_BY_PIPELINE = {"out_dir", "data_path", "run_dirs", "runs"}
 
@@ -75,9 +73,9 @@ def _section(raw, key, where) -> dict:
     return sec
 
 
-def _stage_params(stage, overrides, data, where):
-    """Validate `overrides` for `stage`'s notebook, adding the data settings the notebook declares."""
-    nb = NOTEBOOKS / f"{stage}.ipynb"
+def _stage_params(name, overrides, data, where):
+    """Validate `overrides` for stage `name`'s notebook, adding the data settings the notebook declares."""
+    nb = NOTEBOOKS / stage(name).notebook
     declared = notebook_params(nb)
     for k in _SET_BY_PIPELINE & set(overrides):
         raise RoadtopError(f"{where}: '{k}' is set by the pipeline; remove it from the plan (data: path sets data)")
@@ -101,43 +99,40 @@ def load_plan(path=None, out_dir=None) -> Plan:
     out = Path(out_dir or raw.get("out_dir") or ROOT / "outputs")
     out = out if out.is_absolute() else ROOT / out
     jobs = []
-    for stage in STAGES:
-        if stage not in raw or raw[stage] is False:
+    for st in (stage(n) for n in ORDER):
+        if st.name not in raw or raw[st.name] is False:
             continue
-        sec = _section(raw, stage, where)
-        if stage == "train":
+        sec = _section(raw, st.name, where)
+        if st.many:  # named runs, one job each: {defaults, runs}
             unknown = sorted(set(sec) - {"defaults", "runs"})
             if unknown:
-                raise RoadtopError(f"{where}: train takes 'defaults' and 'runs', not {unknown}")
-            defaults = _section(sec, "defaults", f"{where} train")
-            runs = _section(sec, "runs", f"{where} train")
+                raise RoadtopError(f"{where}: {st.name} takes 'defaults' and 'runs', not {unknown}")
+            defaults = _section(sec, "defaults", f"{where} {st.name}")
+            runs = _section(sec, "runs", f"{where} {st.name}")
             if not runs:
-                raise RoadtopError(f"{where}: train.runs is empty: add at least one run (name: {{arch: ...}})")
+                raise RoadtopError(f"{where}: {st.name}.runs is empty: add at least one run (name: {{arch: ...}})")
             for run, over in runs.items():
                 w = f"{where} run '{run}'"
                 if not isinstance(over, dict):
                     raise RoadtopError(f"{w}: a run is a mapping of parameters, e.g. {{arch: convnext_small}}")
-                nb, params = _stage_params("train", {**defaults, **over}, data, w)
+                nb, params = _stage_params(st.name, {**defaults, **over}, data, w)
                 check_arch(params["arch"], params["size"], w)
-                jobs.append(Job(f"train/{run}", "train", nb, params, out / "train" / str(run)))
+                jobs.append(Job(f"{st.name}/{run}", st.name, nb, params, out / st.name / str(run)))
         else:
-            nb, params = _stage_params(stage, sec, data, f"{where} {stage}")
-            if "arch" in params and "size" in params:  # multitarget trains a timm model too
-                check_arch(params["arch"], params["size"], f"{where} {stage}")
-            jobs.append(Job(stage, stage, nb, params, out / stage))
+            nb, params = _stage_params(st.name, sec, data, f"{where} {st.name}")
+            if "arch" in params and "size" in params:  # a single-job stage that trains a timm model too
+                check_arch(params["arch"], params["size"], f"{where} {st.name}")
+            jobs.append(Job(st.name, st.name, nb, params, out / st.name))
     for j in jobs:  # accum: a positive divisor of 64 or "auto" (the memory probe's choice)
         if "accum" in j.params:
             check_accum(j.params["accum"], f"{where} {j.name}")
-    names = [j.name for j in jobs]
-    if "probe" in names:
-        next(j for j in jobs if j.stage == "probe").params["runs"] = probe_runs(jobs)
+    probe = next((j for j in jobs if stage(j.stage).measures), None)
+    if probe:
+        probe.params["runs"] = probe_runs(jobs)
     elif any(j.params.get("accum") == "auto" for j in jobs):
         raise RoadtopError(f"{where}: accum: auto needs the memory probe: add a `probe:` section (e.g. probe: {{}})")
-    for j in jobs:
-        if j.stage == "ensemble":
-            j.needs = [n for n in names if n.startswith("train/") or n == "multitarget"]
-        elif j.stage in ("train", "multitarget") and "probe" in names:
-            j.needs = ["probe"]
+    for j in jobs:  # the jobs of its upstream stages that the plan has (the ensemble: every run)
+        j.needs = [n.name for n in jobs if n.stage in stage(j.stage).upstream]
     plan = Plan(name, path, out, jobs, data, _section(raw, "kaggle", where))
     for j in plan.jobs:
         j.params["out_dir"] = str(j.out_dir)

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 from ..paths import atomic_write
+from .fingerprint import what_changed
 
 __all__ = ["MANIFEST", "FAILED", "job_state", "record_failure", "cause"]
 
@@ -22,13 +23,17 @@ def _read_json(f: Path):
         return None
 
 
-def job_state(job, fingerprint=None) -> dict:
-    """{'state': complete|stale|failed|pending, ...}: complete = manifest there, outputs there, fingerprint same."""
+def job_state(job, fingerprint=None, parts=None) -> dict:
+    """{'state': complete|stale|failed|pending, ...}: complete = manifest there, outputs there, fingerprint same.
+
+    A stale job's record says what changed since it ran (`changed`: notebook, params, data, upstream), from the
+    fingerprint parts its manifest stored and `parts`, the ones it has now.
+    """
     m = _read_json(job.out_dir / MANIFEST)
     if m and all((job.out_dir / o).exists() for o in m.get("outputs", [])):
         if fingerprint is None or m.get("fingerprint") == fingerprint:
             return {"state": "complete", **m}
-        return {"state": "stale", **m}
+        return {"state": "stale", **m, "changed": what_changed(m.get("parts"), parts or {})}
     f = _read_json(job.out_dir / FAILED)
     if f:
         return {"state": "failed", **f}

@@ -3,6 +3,7 @@
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import papermill as pm
@@ -11,15 +12,20 @@ from ..errors import RoadtopError
 from ..paths import atomic_write
 from .budget import resolve_accum
 from .checks import cached_check, check_runs_dirs, raise_problems
-from .fingerprint import data_fingerprint, job_fingerprint
+from .fingerprint import data_fingerprint, fingerprint, job_parts
 from .params import notebook_params
 from .plan import resolve_plan_data
 from .records import FAILED, MANIFEST, cause, job_state, record_failure
+from .stages import stage
 
-__all__ = ["execute_job", "check_data", "run_plan"]
+__all__ = ["AUTOSAVE_S", "CHECKS", "Step", "execute_job", "check_data", "prepare_data", "ensemble_members",
+           "walk", "run_plan"]
+
+AUTOSAVE_S = 5  # papermill saves the executed notebook this often while a cell runs: watch a training cell's epochs
+CHECKS = "checks"  # under the plan's out_dir: the data-check results and the per-file hash cache
 
 
-def execute_job(job, fingerprint: str, log=print) -> dict:
+def execute_job(job, fp: str, parts: dict, log=print) -> dict:
     """Run one notebook with papermill into its out_dir; manifest.json (written last) marks it complete."""
     out = job.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -30,15 +36,16 @@ def execute_job(job, fingerprint: str, log=print) -> dict:
     t0 = time.time()
     try:
         pm.execute_notebook(str(job.notebook), str(executed), parameters=job.params, cwd=str(job.notebook.parent),
-                            kernel_name="python3", progress_bar=True, log_output=False)
+                            kernel_name="python3", progress_bar=True, log_output=False,
+                            autosave_cell_every=AUTOSAVE_S)
     except Exception as e:  # noqa: BLE001 - any failure of one job must not stop the others
         return record_failure(job, cause(e), seconds=time.time() - t0, notebook=executed.name)
     outputs = sorted(p.name for p in out.iterdir()
                      if p.is_file() and not p.name.startswith(".") and p.name not in (executed.name, MANIFEST)
                      and (p.name not in before or p.stat().st_mtime != before[p.name]))
-    rec = {"job": job.name, "fingerprint": fingerprint, "seconds": round(time.time() - t0, 1),
+    rec = {"job": job.name, "fingerprint": fp, "seconds": round(time.time() - t0, 1),
            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "notebook": executed.name, "outputs": outputs,
-           "params": job.params}
+           "params": job.params, "parts": parts}
     with atomic_write(out / MANIFEST) as f:
         json.dump(rec, f, indent=1, default=str)
     return {"state": "complete", **rec}
@@ -52,7 +59,7 @@ def _publish(src: Path, dst: Path):
 
 def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print) -> list:
     """Check the Paddy data before anything runs; returns image ids to skip (only with skip_bad), else raises."""
-    probs = cached_check(data, data_fp, plan.out_dir / "checks", plan.data.get("labels"))
+    probs = cached_check(data, data_fp, plan.out_dir / CHECKS, plan.data.get("labels"))
     skip = sorted({p.image for p in probs if p.image}) if skip_bad else []
     fatal = [p for p in probs if not (skip_bad and p.image)]
     raise_problems(fatal, f"data check of {data}")
@@ -64,95 +71,145 @@ def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print
     return skip
 
 
-def _bad_members(plan, names) -> dict:
-    """Complete runs whose saved predictions cannot be ensembled: {name: one-line cause}."""
+def prepare_data(plan, skip_bad: bool = False, check: bool = True, log=print) -> tuple:
+    """(data folder, data fingerprint) when a stage reads the Paddy data, checked first when `check`.
+
+    Without `check` the data is only checked when bad images are to be skipped, since the skip list is a
+    parameter of the runs (and so of their fingerprints).
+    """
+    if not any(stage(j.stage).paddy for j in plan.jobs):
+        return "(none: collab reads its own)", ""
+    skip_bad = skip_bad or bool(plan.data.get("skip_bad"))
+    data = resolve_plan_data(plan)
+    data_fp = data_fingerprint(data, plan.out_dir / CHECKS)
+    if check or skip_bad:
+        check_data(plan, data, data_fp, skip_bad, log)
+    return data, data_fp
+
+
+def ensemble_members(plan, job, states: dict, allow_partial: bool = False, projected: bool = False) -> tuple:
+    """Which of `job`'s upstream runs it ensembles: (members, note, {bad run: cause}); members None = it waits.
+
+    A member is a run that is complete (with `projected`, as `status` sees it, also a stale or pending run, which
+    `run` finishes first) and whose saved predictions pass their checks (finite probabilities, the vocab and
+    test-id order the other runs have). Without allow_partial the ensemble waits for every run.
+    """
+    ready = ("complete", "stale", "pending") if projected else ("complete",)
+    done = [d for d in job.needs if states.get(d, {}).get("state") in ready]
+    saved = {d: plan.job(d).out_dir for d in done if states[d]["state"] == "complete"}
     bad = {}
-    for n in names:
-        for p in check_runs_dirs([plan.job(n).out_dir]):
-            bad[n] = p.what
-    ok = [n for n in names if n not in bad]
-    for p in check_runs_dirs([plan.job(n).out_dir for n in ok]):
-        culprit = next((n for n in ok if f"run '{Path(plan.job(n).out_dir).name}'" in p.what), ok[-1])
-        bad[culprit] = p.what
-    return bad
-
-
-def _ensemble_members(plan, job, states, allow_partial, tag, log):
-    """The complete runs whose predictions pass their checks; None when the ensemble should wait."""
-    done = [d for d in job.needs if states.get(d, {}).get("state") == "complete"]
-    for d, why in _bad_members(plan, done).items():
-        log(f"{tag}: run {d} cannot be ensembled: {why}")
-        states[d] = {"state": "failed", "cause": why}
-        done.remove(d)
+    for p in check_runs_dirs(saved):
+        bad.setdefault(p.run, p.what)
+    done = [d for d in done if d not in bad]
     left = [d for d in job.needs if d not in done]
     if not done:
-        log(f"{tag}: skipped, no complete run to ensemble")
-        return None
+        return None, "no complete run to ensemble", bad
     if left and not allow_partial:
-        log(f"{tag}: skipped, {len(left)} run(s) not complete ({', '.join(left)}); "
-            f"--allow-partial ensembles the {len(done)} complete run(s)")
-        return None
-    if left:
-        log(f"{tag}: left out of the ensemble: {', '.join(left)}")
-    return done
+        return None, (f"{len(left)} run(s) not complete ({', '.join(left)}); "
+                      f"--allow-partial ensembles the {len(done)} complete run(s)"), bad
+    return done, f"left out of the ensemble: {', '.join(left)}" if left else "", bad
+
+
+@dataclass
+class Step:
+    """One job as `run` and `status` see it: its fingerprint and parts, its state, or why it cannot go now."""
+
+    job: object
+    fp: str = ""
+    parts: dict = None
+    state: dict = None
+    cannot_start: str = ""  # a training run without a usable probe result (run records it as failed)
+    waits: str = ""  # the ensemble waiting for its runs
+    note: str = ""  # the runs the ensemble leaves out
+    bad: dict = None  # runs whose saved predictions cannot be ensembled: {name: cause}
+
+
+def walk(plan, data_fp: str, states: dict, allow_partial: bool = False, projected: bool = False):
+    """Each job in order as a Step, with the fingerprint `run` gives it; `run` and `status` both go through here.
+
+    The caller may run a job and put its new state in states[job.name] before taking the next step: the
+    ensemble's members are picked from those states. `projected` (status) counts stale and pending runs as runs
+    that `run` would finish first.
+    """
+    fps = {}
+    for job in plan.jobs:
+        st = stage(job.stage)
+        if st.trains and job.params.get("accum") == "auto":
+            try:
+                job.params["accum"] = resolve_accum(plan, job)  # the probe (an earlier job) picked it
+            except RoadtopError as e:  # no usable probe: this job cannot start, the others go on
+                state = job_state(job)  # failed (a recorded cause) or pending; never complete without its accum
+                states[job.name] = state if state["state"] == "failed" else {"state": "pending"}
+                yield Step(job, state=states[job.name], cannot_start=str(e))
+                continue
+        members, note, bad = None, "", {}
+        if st.ensembles:  # which runs it reads decides its parameters, so pick them first
+            members, note, bad = ensemble_members(plan, job, states, allow_partial, projected)
+            for d, why in bad.items():
+                states[d] = {"state": "failed", "cause": why}
+            if members is None:
+                states[job.name] = {"state": "pending"}
+                yield Step(job, state=states[job.name], waits=note, bad=bad)
+                continue
+            job.params["run_dirs"] = [str(plan.job(d).out_dir) for d in members]
+        parts = job_parts(job, data_fp, fps, members)
+        fp = fps[job.name] = fingerprint(parts)
+        states[job.name] = job_state(job, fp, parts)
+        yield Step(job, fp, parts, states[job.name], note=note, bad=bad)
+
+
+def _picked(job, only) -> bool:
+    """True if `only` is empty or names the job (train/res or just res)."""
+    return not only or job.name in only or job.name.split("/", 1)[-1] in only
 
 
 def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, log=print) -> int:
     """Run the plan's jobs in order; returns the exit code (non-zero if any job failed)."""
     t_start = time.time()
-    if any(j.stage != "collab" for j in plan.jobs):  # the Paddy stages: data resolved, fingerprinted, checked
-        data = resolve_plan_data(plan)
-        data_fp = data_fingerprint(data)
-        check_data(plan, data, data_fp, skip_bad or bool(plan.data.get("skip_bad")), log)
-    else:
-        data, data_fp = "(none: collab reads its own)", ""
+    data, data_fp = prepare_data(plan, skip_bad, check=True, log=log)
     log(f"plan {plan.name} ({plan.source}): {len(plan.jobs)} jobs, data {data}, outputs {plan.out_dir}")
     only = set(only or [])
     unknown = only - {j.name for j in plan.jobs} - {j.name.split("/", 1)[-1] for j in plan.jobs}
     if unknown:
         raise RoadtopError(f"--only {sorted(unknown)}: no such job; pick from {[j.name for j in plan.jobs]}")
-    fps, states = {}, {}
+    states = {}
     n = len(plan.jobs)
-    for k, job in enumerate(plan.jobs, 1):
-        tag = f"[{k}/{n}] {job.name}"
-        if job.stage in ("train", "multitarget") and job.params.get("accum") == "auto":
-            try:
-                job.params["accum"] = resolve_accum(plan, job)  # the probe (an earlier job) picked it
-            except RoadtopError as e:  # no usable probe: this job cannot start, the others go on
-                states[job.name] = record_failure(job, str(e))
-                log(f"{tag}: FAILED before starting: {e}")
-                continue
-        picked = not only or job.name in only or job.name.split("/", 1)[-1] in only
-        members = None
-        if job.stage == "ensemble":  # which runs it reads decides its parameters, so pick them first
-            members = _ensemble_members(plan, job, states, allow_partial, tag, log if picked else (lambda _: None))
-            if members is None:
-                states[job.name] = {"state": "pending"}
-                continue
-            job.params["run_dirs"] = [str(plan.job(d).out_dir) for d in members]
-        fp = fps[job.name] = job_fingerprint(job, data_fp, fps, members)
-        state = job_state(job, fp)
+    tags = {j.name: f"[{k}/{n}] {j.name}" for k, j in enumerate(plan.jobs, 1)}
+    for step in walk(plan, data_fp, states, allow_partial):
+        job, tag, picked = step.job, tags[step.job.name], _picked(step.job, only)
+        if step.cannot_start:
+            states[job.name] = record_failure(job, step.cannot_start)
+            log(f"{tag}: FAILED before starting: {step.cannot_start}")
+            continue
+        for d, why in (step.bad or {}).items() if picked else ():
+            log(f"{tag}: run {d} cannot be ensembled: {why}")
+        if step.waits:
+            if picked:
+                log(f"{tag}: skipped, {step.waits}")
+            continue
+        if step.note and picked:
+            log(f"{tag}: {step.note}")
+        state = step.state
         if state["state"] == "complete" and not (force and picked):
             log(f"{tag}: up to date, skipped ({job.out_dir})")
-            states[job.name] = state
             continue
         if not picked:
             log(f"{tag}: not in --only, left {state['state']}")
-            states[job.name] = state
             continue
         log(f"{tag}: running {job.notebook.name} -> {job.out_dir} (elapsed {time.time() - t_start:.0f}s)")
-        state = states[job.name] = execute_job(job, fp, log)
+        state = states[job.name] = execute_job(job, step.fp, step.parts, log)
         if state["state"] == "complete":
             log(f"{tag}: done in {state['seconds']:.1f}s")
-            if job.stage == "ensemble":
-                _publish(job.out_dir / "submission.csv", plan.out_dir / "submission.csv")
+            for name in stage(job.stage).publishes:
+                _publish(job.out_dir / name, plan.out_dir / name)
         else:
             log(f"{tag}: FAILED after {state['seconds']:.1f}s: {state['cause']} "
                 f"(see {job.out_dir / state['notebook']})")
     failed = [n for n, s in states.items() if s["state"] == "failed"]
     log(f"finished in {time.time() - t_start:.0f}s: {sum(s['state'] == 'complete' for s in states.values())} "
         f"complete, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
-    sub = plan.out_dir / "submission.csv"
-    if sub.exists() and states.get("ensemble", {}).get("state") == "complete":
-        log(f"submission: {sub}")
+    published = [plan.out_dir / name for j in plan.jobs for name in stage(j.stage).publishes
+                 if states.get(j.name, {}).get("state") == "complete" and (plan.out_dir / name).exists()]
+    for f in published:
+        log(f"{f.stem}: {f}")
     return 1 if failed else 0

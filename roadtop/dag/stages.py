@@ -6,7 +6,7 @@ reads this table instead of testing `stage == ...` itself.
 
 from dataclasses import dataclass
 
-__all__ = ["Stage", "STAGES", "ORDER", "stage"]
+__all__ = ["Stage", "STAGES", "ORDER", "stage", "names"]
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,18 @@ class Stage:
     gpu: bool = False  # wants a GPU (on Kaggle: enable_gpu)
     paddy: bool = False  # reads the Paddy data (the data check runs first)
     member: bool = False  # its saved predictions feed the ensemble
+    measures: bool = False  # measures the training stages' runs: gets their specs as `runs`; `accum: auto` reads it
     publishes: tuple = ()  # files copied to the plan's output folder when it completes
+
+    @property
+    def ensembles(self) -> bool:
+        """True when it reads the saved predictions of member stages (its upstream runs are ensemble members)."""
+        return any(STAGES[u].member for u in self.upstream)
 
 
 # In execution order. The probe sizes the runs, the runs feed the ensemble; collab stands alone.
 STAGES = {s.name: s for s in (
-    Stage("probe", "probe.ipynb", gpu=True, paddy=True),
+    Stage("probe", "probe.ipynb", gpu=True, paddy=True, measures=True),
     Stage("train", "train.ipynb", ("probe",), many=True, trains=True, gpu=True, paddy=True, member=True),
     Stage("multitarget", "multitarget.ipynb", ("probe",), trains=True, gpu=True, paddy=True, member=True),
     Stage("collab", "collab.ipynb"),
@@ -41,3 +47,8 @@ def stage(name: str) -> Stage:
         return STAGES[name]
     except KeyError:
         raise KeyError(f"unknown stage {name!r}: the stages are {', '.join(ORDER)}") from None
+
+
+def names(**flags) -> tuple:
+    """The names of the stages, in order, whose fields equal `flags`, e.g. names(trains=True)."""
+    return tuple(n for n, s in STAGES.items() if all(getattr(s, k) == v for k, v in flags.items()))

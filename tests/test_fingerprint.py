@@ -1,0 +1,63 @@
+"""Fingerprints: data by content (hashes cached per file on size and mtime), job parts, and what changed."""
+
+import os
+import shutil
+
+from conftest import tiny_plan
+
+from roadtop.dag import fingerprint as fpr
+from roadtop.dag.plan import load_plan
+
+
+def test_file_hashes_are_read_once_then_reused_while_size_and_mtime_hold(tmp_path, tiny_data, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    cache = tmp_path / "cache" / "hashes.json"
+    read = []
+    real = fpr._file_sha
+    monkeypatch.setattr(fpr, "_file_sha", lambda f: (read.append(f.name), real(f))[1])
+    first = fpr.file_hashes(data, cache)
+    n_files = sum(1 for p in data.rglob("*") if p.is_file())
+    assert len(first) == n_files == len(read) and cache.exists()
+    read.clear()
+    assert fpr.file_hashes(data, cache) == first and read == []  # nothing re-read
+    f = next((data / "train_images" / "blast").iterdir())
+    rel = f.relative_to(data).as_posix()
+    f.write_bytes(b"\xff" * f.stat().st_size)  # same size, other bytes
+    again = fpr.file_hashes(data, cache)
+    assert read == [f.name] and again[rel] != first[rel]
+    assert {k: v for k, v in again.items() if k != rel} == {k: v for k, v in first.items() if k != rel}
+
+
+def test_data_fingerprint_follows_content_not_names_and_sizes(tmp_path, tiny_data):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    cache = tmp_path / "checks"
+    a = fpr.data_fingerprint(data, cache)
+    assert fpr.data_fingerprint(data, cache) == a == fpr.data_fingerprint(data)  # cached or not: same value
+    f = next((data / "test_images").iterdir())
+    st = f.stat()
+    f.write_bytes(bytes(reversed(f.read_bytes())))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as cached: the cache is trusted (documented)
+    assert f.stat().st_size == st.st_size and fpr.data_fingerprint(data, cache) == a
+    assert fpr.data_fingerprint(data) != a  # without the cache, the content decides
+    os.utime(f)  # a write moves the mtime: the file is read again
+    assert fpr.data_fingerprint(data, cache) != a
+
+
+def test_job_parts_leave_out_pipeline_paths_and_name_what_changed(tmp_path, tiny_data):
+    plan = load_plan(tiny_plan(tmp_path, tiny_data))
+    job = plan.job("train/cnx")
+    parts = fpr.job_parts(job, "D", {})
+    assert set(parts) == set(fpr.PART_NAMES) and "out_dir" not in parts["params"]
+    moved = load_plan(tiny_plan(tmp_path, tiny_data), out_dir=tmp_path / "elsewhere").job("train/cnx")
+    assert fpr.fingerprint(fpr.job_parts(moved, "D", {})) == fpr.fingerprint(parts)
+    job.params["epochs"] = 3
+    new = fpr.job_parts(job, "E", {})
+    assert fpr.fingerprint(new) != fpr.fingerprint(parts)
+    assert fpr.what_changed(parts, new) == ["params (epochs 1 -> 3)", "data"]
+    ens = plan.job("ensemble")
+    old = fpr.job_parts(ens, "D", {"train/res": "r1", "train/cnx": "c1"})
+    now = fpr.job_parts(ens, "D", {"train/res": "r1", "train/cnx": "c2"})
+    assert fpr.what_changed(old, now) == ["upstream (train/cnx)"]
+    assert fpr.what_changed(None, now) == ["fingerprint (recorded before its parts were)"]
