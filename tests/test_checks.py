@@ -78,6 +78,7 @@ def test_check_test_images_vs_sample_submission(broken):
 
 def test_check_saved_runs(tmp_path):
     from test_ensemble import run
+
     from roadtop.preds import save_preds
 
     save_preds(tmp_path / "ok", run("ok", "x", [[1, 0, 0], [0, 1, 0]]))
@@ -175,6 +176,7 @@ def test_cached_check_is_reused_for_the_same_fingerprint_only(broken, tmp_path, 
 
 def test_check_runs_dirs_names_runs_by_key_and_blames_the_odd_one(tmp_path):
     from test_ensemble import run
+
     from roadtop.preds import save_preds
 
     for name in ("a", "b", "c"):

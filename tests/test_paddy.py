@@ -1,6 +1,5 @@
 """The demo generator's layout and determinism, the fixed holdout, and a missing data folder."""
 
-import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image

@@ -1,4 +1,5 @@
-"""Runs that survive: incremental reruns, resume after SIGKILL, failure isolation, bad data stopped early."""
+"""Runs that survive: incremental reruns, `status` (stale and why), resume after SIGKILL mid-training, failure
+isolation, bad predictions left out of the ensemble, bad data stopped early (even a same-size corrupt image)."""
 
 import json
 import os
@@ -12,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT, pipeline, tiny_plan
+
 from roadtop.preds import load_preds
+
+LONG = 60  # cnx's epochs: a training cell long enough for the kill test to catch it between two epochs
 
 
 def mtimes(out):
@@ -26,7 +29,7 @@ def mtimes(out):
 def base(tmp_path_factory, tiny_data):
     """The tiny seeded plan run once, uninterrupted."""
     d = tmp_path_factory.mktemp("base")
-    plan = tiny_plan(d, tiny_data)
+    plan = tiny_plan(d, tiny_data, runs={"res": {"arch": "test_resnet"}, "cnx": {"arch": "test_convnext", "epochs": LONG}})
     r = pipeline("run", "--params", plan)
     return plan, d / "out", r
 
@@ -50,6 +53,34 @@ def test_end_to_end_outputs(base, tiny_data):
     assert status.count("complete") == 3
 
 
+def _changed_plan(plan, tmp_path, **res):
+    """A copy of `plan` whose run res has the parameters `res` on top."""
+    p = yaml.safe_load(plan.read_text())
+    p["train"]["runs"]["res"].update(res)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(p, sort_keys=False))
+    return changed
+
+
+def _status(plan, out) -> dict:
+    """`pipeline.py status` as {job: (state, the rest of its line)}."""
+    lines = pipeline("status", "--params", plan, "--out", out).stdout.splitlines()
+    rows = [ln.split(None, 2) + [""] for ln in lines if ln.startswith(("train/", "ensemble"))]
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def test_status_says_which_jobs_are_stale_and_what_changed(base, tmp_path):
+    plan, out, _ = base
+    assert {j: s for j, (s, _) in _status(plan, out).items()} == \
+        {"train/res": "complete", "train/cnx": "complete", "ensemble": "complete"}
+    st = _status(_changed_plan(plan, tmp_path, epochs=2), out)
+    assert st["train/res"][0] == "stale" and st["train/res"][1].startswith("changed: params (epochs 1 -> 2)")
+    assert st["ensemble"][0] == "stale" and st["ensemble"][1].startswith("changed: upstream (train/res)")
+    assert st["train/cnx"][0] == "complete"
+    st = _status(_changed_plan(plan, tmp_path, tta_n=2, lr=0.02), out)
+    assert st["train/res"][1].startswith("changed: params (lr 0.01 -> 0.02, tta_n 1 -> 2)")
+
+
 def test_rerun_skips_and_param_change_reruns_only_that_run(base, tmp_path):
     plan, out, _ = base
     work = tmp_path / "out"
@@ -58,33 +89,52 @@ def test_rerun_skips_and_param_change_reruns_only_that_run(base, tmp_path):
     r = pipeline("run", "--params", plan, "--out", work)
     assert r.stdout.count("up to date, skipped") == 3 and "running" not in r.stdout
     assert mtimes(work) == before
-    p = yaml.safe_load(plan.read_text())
-    p["train"]["runs"]["cnx"]["epochs"] = 2
-    changed = tmp_path / "changed.yaml"
-    changed.write_text(yaml.safe_dump(p, sort_keys=False))
+    changed = _changed_plan(plan, tmp_path, epochs=2)
     r = pipeline("run", "--params", changed, "--out", work)
-    assert "train/res: up to date, skipped" in r.stdout
-    assert "train/cnx: running" in r.stdout and "ensemble: running" in r.stdout
+    assert "train/cnx: up to date, skipped" in r.stdout
+    assert "train/res: running" in r.stdout and "ensemble: running" in r.stdout
     after = mtimes(work)
-    assert after["res"] == before["res"] and after["cnx"] != before["cnx"]
+    assert after["cnx"] == before["cnx"] and after["res"] != before["res"]
+    assert {s for s, _ in _status(changed, work).values()} == {"complete"}
     r = pipeline("run", "--params", changed, "--out", work, "--force", "--only", "res")
     assert "train/res: running" in r.stdout and "train/cnx: up to date" in r.stdout
 
 
-def test_sigkill_mid_run_then_resume_equals_uninterrupted(base, tmp_path):
+def training_cell(nb):
+    """(papermill status, epochs in fastai's table) of an executed notebook's training cell; None if unreadable."""
+    try:
+        cells = json.loads(nb.read_text())["cells"]
+    except (OSError, ValueError):  # not there yet, or caught half-written
+        return None
+    for c in cells:
+        if "papermill_description=training" in "".join(c["source"]):
+            html = "".join("".join(o.get("data", {}).get("text/html", "")) for o in c.get("outputs", []))
+            rows = html.split("<tbody>", 1)[1].count("<tr>") if "<tbody>" in html else 0
+            return c.get("metadata", {}).get("papermill", {}).get("status"), rows
+    return None
+
+
+def test_sigkill_mid_training_then_resume_equals_uninterrupted(base, tmp_path):
     plan, ref, _ = base
     out = tmp_path / "out"
+    nb = out / "train" / "cnx" / "train.ipynb"
     proc = subprocess.Popen([sys.executable, str(ROOT / "pipeline.py"), "run", "--params", str(plan), "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not (out / "train" / "cnx" / "train.ipynb").exists():  # the second run has started
-        assert proc.poll() is None and time.time() < deadline, "pipeline ended before it could be killed"
-        time.sleep(0.2)
+    deadline = time.time() + 300
+    seen = None
+    while not (seen and seen[0] == "running" and seen[1] >= 1):  # cnx is training and has logged an epoch
+        assert proc.poll() is None and time.time() < deadline, f"pipeline ended before it could be killed ({seen})"
+        assert not (out / "train" / "cnx" / "preds.npz").exists(), f"training ended unseen: raise LONG ({seen})"
+        time.sleep(0.1)
+        seen = training_cell(nb)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    status, epochs = training_cell(nb)
+    assert status == "running" and 1 <= epochs < LONG  # the notebook's last save: mid-training, epochs logged
     assert (out / "train" / "res" / "manifest.json").exists()
     assert not (out / "train" / "cnx" / "manifest.json").exists() and not (out / "submission.csv").exists()
     res_mtime = (out / "train" / "res" / "manifest.json").stat().st_mtime_ns
+    assert _status(plan, out)["train/cnx"][0] == "pending"
     r = pipeline("run", "--params", plan, "--out", out)
     assert "train/res: up to date, skipped" in r.stdout and "train/cnx: running" in r.stdout
     assert (out / "train" / "res" / "manifest.json").stat().st_mtime_ns == res_mtime
@@ -94,6 +144,25 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(base, tmp_path):
         b = json.loads((ref / job / "manifest.json").read_text())["fingerprint"]
         assert a == b, job
     assert np.allclose(load_preds(out / "train" / "cnx").test_probs, load_preds(ref / "train" / "cnx").test_probs)
+
+
+def test_complete_run_with_nan_predictions_is_left_out_of_the_ensemble_and_named(base, tmp_path):
+    plan, out, _ = base
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    f = work / "train" / "cnx" / "preds.npz"
+    with np.load(f) as z:
+        d = {k: z[k] for k in z.files}
+    d["test_probs"][0, :] = np.nan
+    np.savez(f, **d)
+    r = pipeline("run", "--params", plan, "--out", work, "--allow-partial", check=False)
+    assert r.returncode == 1 and "train/cnx: up to date" in r.stdout
+    assert f"ensemble: run train/cnx cannot be ensembled: {f}: test_probs holds NaN/inf" in r.stdout
+    assert "ensemble: left out of the ensemble: train/cnx" in r.stdout and "ensemble: running" in r.stdout
+    assert pd.read_csv(work / "ensemble" / "holdout.csv").run.tolist() == ["res", "ensemble"]
+    assert json.loads((work / "ensemble" / "manifest.json").read_text())["parts"]["upstream"].keys() == {"train/res"}
+    st = _status(plan, work)
+    assert st["train/cnx"][0] == "failed" and "test_probs holds NaN/inf" in st["train/cnx"][1]
 
 
 def test_failed_run_is_isolated(tmp_path, tiny_data):
@@ -133,6 +202,22 @@ def test_bad_data_stops_before_any_run(tmp_path, tiny_data):
     assert f"--skip-bad: leaving out 1 image(s): {f.name}" in r.stdout
     m = json.loads((tmp_path / "out" / "train" / "res" / "manifest.json").read_text())
     assert m["params"]["skip_images"] == [f.name]
+
+
+def test_same_size_corrupt_image_is_caught_after_a_clean_check(tmp_path, tiny_data):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    plan = tiny_plan(tmp_path, data)
+    r = pipeline("run", "--params", plan, "--only", "ensemble")  # checks the data (clean, remembered), trains nothing
+    assert "ensemble: skipped" in r.stdout and not (tmp_path / "out" / "train").exists()
+    assert len(list((tmp_path / "out" / "checks").glob("data-check-*.json"))) == 1
+    f = sorted((data / "train_images" / "blast").iterdir())[1]
+    size = f.stat().st_size
+    f.write_bytes(b"\0" * size)  # same name, same size, not an image
+    assert f.stat().st_size == size
+    r = pipeline("run", "--params", plan, check=False)
+    assert r.returncode == 2 and f"{f}: unreadable image" in r.stderr and "nothing was run" in r.stderr
+    assert not (tmp_path / "out" / "train").exists()
 
 
 def test_auto_accum_without_a_probe_result_fails_that_run_only(tmp_path, tiny_data):

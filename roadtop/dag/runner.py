@@ -21,7 +21,7 @@ from .stages import stage
 __all__ = ["AUTOSAVE_S", "CHECKS", "Step", "execute_job", "check_data", "prepare_data", "ensemble_members",
            "walk", "run_plan"]
 
-AUTOSAVE_S = 5  # papermill saves the executed notebook this often while a cell runs: watch a training cell's epochs
+AUTOSAVE_S = 2  # papermill saves the executed notebook this often while a cell runs: watch a training cell's epochs
 CHECKS = "checks"  # under the plan's out_dir: the data-check results and the per-file hash cache
 
 
