@@ -1,0 +1,40 @@
+"""The local pipeline's CLI (roadtop.dag.cli): `status` lines and one `error:` line on bad input."""
+
+import json
+
+from conftest import tiny_plan
+
+from roadtop.dag import cli
+from roadtop.dag.records import FAILED
+
+
+def rows(out: str) -> dict:
+    """status output as {job: (state, rest)}."""
+    got = {}
+    for ln in out.splitlines():
+        if ln.startswith(("train/", "ensemble")):
+            name, state, *rest = ln.split(None, 2)
+            got[name] = (state, rest[0] if rest else "")
+    return got
+
+
+def test_status_pending_failed_and_waiting(tmp_path, tiny_data, capsys):
+    plan = tiny_plan(tmp_path, tiny_data)
+    assert cli.main(["status", "--params", str(plan)]) == 0
+    assert rows(capsys.readouterr().out) == {"train/res": ("pending", ""), "train/cnx": ("pending", ""),
+                                             "ensemble": ("pending", "")}
+    (tmp_path / "out" / "train" / "res").mkdir(parents=True)
+    (tmp_path / "out" / "train" / "res" / FAILED).write_text(json.dumps({"cause": "NameError: x"}))
+    cli.main(["status", "--params", str(plan)])
+    got = rows(capsys.readouterr().out)
+    assert got["train/res"] == ("failed", "NameError: x")
+    assert got["ensemble"] == ("pending", "waits: 1 run(s) not complete (train/res); --allow-partial ensembles "
+                                          "the 1 complete run(s)")
+    cli.main(["status", "--params", str(plan), "--allow-partial"])
+    assert rows(capsys.readouterr().out)["ensemble"] == ("pending", "")
+
+
+def test_bad_plan_is_one_error_line_and_exit_2(tmp_path, capsys):
+    assert cli.main(["validate", "--params", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "nope.yaml does not exist" in err
