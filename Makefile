@@ -38,6 +38,7 @@ test: install  ## the test suite (about 6 minutes on 2 cores)
 bench: install  ## benchmarks: demo end-to-end time, collab RMSE/seconds
 	$(PY) bench/demo.py
 	$(PY) bench/collab.py demo
+	$(PY) bench/data_hash.py
 
 clean:
 	rm -rf outputs .install.stamp $(VENV)/.install.stamp  # keeps .venv; delete it by hand to rebuild

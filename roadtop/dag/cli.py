@@ -83,6 +83,7 @@ def cmd_status(args) -> int:
     for step in steps:
         s = states[step.job.name]  # the ensemble's check may have marked a run failed after its own step
         extra = _status_line(step) if s is step.state else s.get("cause", "")
+        extra += f" ({step.note})" if step.note and s is step.state else ""
         print(f"{step.job.name:32s} {s['state']:9s} {extra}".rstrip())
     return 0
 

@@ -78,7 +78,7 @@ def prepare_data(plan, skip_bad: bool = False, check: bool = True, log=print) ->
     parameter of the runs (and so of their fingerprints).
     """
     if not any(stage(j.stage).paddy for j in plan.jobs):
-        return "(none: collab reads its own)", ""
+        return "(none: no stage of this plan reads the Paddy data)", ""
     skip_bad = skip_bad or bool(plan.data.get("skip_bad"))
     data = resolve_plan_data(plan)
     data_fp = data_fingerprint(data, plan.out_dir / CHECKS)
