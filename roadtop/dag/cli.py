@@ -2,7 +2,8 @@
 
     python pipeline.py run [--params params/demo.yaml] [--force] [--only RUN ...] [--allow-partial]
     python pipeline.py validate [--params FILE]      check a plan without running anything
-    python pipeline.py status [--params FILE]        each job: complete / stale (what changed) / failed (cause) / pending
+    python pipeline.py status [--params FILE] [--allow-partial] [--skip-bad]
+        each job: complete / stale (what changed) / failed (cause) / pending, as `run` would see it
     python pipeline.py check [--params FILE]         check the data and saved predictions, run nothing
     python pipeline.py plan [--params FILE] [--override]   accum, est. peak GiB and time per run vs the budget
 """
