@@ -31,7 +31,7 @@ def test_status_pending_failed_and_waiting(tmp_path, tiny_data, capsys):
     assert got["ensemble"] == ("pending", "waits: 1 run(s) not complete (train/res); --allow-partial ensembles "
                                           "the 1 complete run(s)")
     cli.main(["status", "--params", str(plan), "--allow-partial"])
-    assert rows(capsys.readouterr().out)["ensemble"] == ("pending", "")
+    assert rows(capsys.readouterr().out)["ensemble"] == ("pending", "(left out of the ensemble: train/res)")
 
 
 def test_bad_plan_is_one_error_line_and_exit_2(tmp_path, capsys):
