@@ -1,5 +1,6 @@
 """Fingerprints: data by content (hashes cached per file on size and mtime), job parts, and what changed."""
 
+import json
 import os
 import shutil
 
@@ -61,3 +62,16 @@ def test_job_parts_leave_out_pipeline_paths_and_name_what_changed(tmp_path, tiny
     now = fpr.job_parts(ens, "D", {"train/res": "r1", "train/cnx": "c2"})
     assert fpr.what_changed(old, now) == ["upstream (train/cnx)"]
     assert fpr.what_changed(None, now) == ["fingerprint (recorded before its parts were)"]
+
+
+def test_a_notebook_edit_changes_the_notebook_part_only(tmp_path, tiny_data):
+    job = load_plan(tiny_plan(tmp_path, tiny_data)).job("train/res")
+    before = fpr.job_parts(job, "D", {})
+    nb = json.loads(job.notebook.read_text())
+    nb["cells"][0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran"}]  # outputs don't count
+    job.notebook = tmp_path / "train.ipynb"
+    job.notebook.write_text(json.dumps(nb))
+    assert fpr.job_parts(job, "D", {}) == before
+    nb["cells"][-1]["source"] = "".join(nb["cells"][-1]["source"]) + "\nprint('one more line')"
+    job.notebook.write_text(json.dumps(nb))
+    assert fpr.what_changed(before, fpr.job_parts(job, "D", {})) == ["notebook"]
