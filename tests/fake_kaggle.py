@@ -261,8 +261,8 @@ class FakeKaggle:
             return 404, {"code": 404, "message": f"kernel {ref} not found"}
         with self._lock:
             if self.clocked:
-                start, end, _ = self.sessions[ref]
-                status = ("QUEUED" if self.clock < start + self.queue_s else "RUNNING" if self.clock < end
+                start, end, _ = self.sessions.get(ref, (-1.0, -1.0, False))  # pushed before the clock: ended
+                status = ("QUEUED" if start <= self.clock < start + self.queue_s else "RUNNING" if self.clock < end
                           else "ERROR" if ref in self.errors_of else "COMPLETE")
                 if status == "ERROR":
                     self.failure[ref] = self.errors_of[ref]

@@ -105,7 +105,9 @@ def _push_one(api, plan, k: Kernel, st, state, log, sleep):
         rec.update(status="FAILED", failure=cause, sha="")
         state["kernels"][k.name] = rec
         save_state(plan, state)
-        raise KaggleCallError(f"{k.name}: {k.ref} v{resp.version_number} not counted as pushed: {cause}")
+        err = KaggleCallError(f"{k.name}: {k.ref} v{resp.version_number} not counted as pushed: {cause}")
+        err.cause = cause
+        raise err
     state["kernels"][k.name] = rec
     save_state(plan, state)
     log(f"{k.name}: pushed {k.ref} version {resp.version_number} ({resp.url})")
@@ -200,7 +202,7 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
                 continue
             except KaggleCallError as e:
                 log(str(e))
-                failed[k.name] = str(e).split(": ", 1)[-1]
+                failed[k.name] = getattr(e, "cause", "") or str(e).split(": ", 1)[-1]
                 todo.remove(k)
                 rc = 1
                 if e.code == 401:  # every further call would fail the same way
