@@ -4,6 +4,7 @@ cap, status, collect, submit, `kaggle run`, and the command line."""
 import importlib.util
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import nbformat
 import pytest
 from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
 
+from roadtop import probe
+from roadtop.dag import budget
 from roadtop.dag.plan import load_plan
 from roadtop.errors import RoadtopError
 from roadtop.kaggle import flow, record, settings
@@ -206,6 +209,19 @@ def test_pipeline_kaggle_subcommands(plan, fake, capsys, tmp_path):
     assert run("weights", str(tmp_path / "w"), "--no-upload") == 0  # the plan's pretrained archs only
     staged = plan.out_dir / "kaggle" / "weights" / "timm-weights"
     assert sorted(p.name for p in staged.iterdir()) == ["dataset-metadata.json", "test_convnext.safetensors"]
+    # `kaggle run --submit`: the rest of the plan, then the submission (a short poll, real time)
+    plan.source.write_text(plan.source.read_text().replace("poll_interval: 7", "poll_interval: 0.01"))
+    for run_name in ("train/convnext", "train/resnet"):
+        fake.set_statuses(ref(run_name), "RUNNING", "COMPLETE")
+    fake.set_statuses(ref("ensemble"), "QUEUED", "COMPLETE")
+    fake.outputs[ref("ensemble")]["submission.csv"] = b"image_id,label\n200001.jpg,blast\n"
+    assert run("push", "--submit") == 2
+    assert "push --submit needs --wait" in capsys.readouterr().err
+    assert run("run", "--submit", "-m", "from the cli") == 0
+    assert [s["slug"] for s in fake.calls("SaveKernel")] == [ref("train/convnext"), ref("train/resnet"),
+                                                             ref("ensemble")]
+    assert fake.calls("CreateSubmission")[0]["submissionDescription"] == "from the cli"
+    assert "complete" in capsys.readouterr().out
 
 
 # ---- the scheduler: the real plan's fan-out under Kaggle's GPU session cap ---------------------------------------
@@ -317,3 +333,47 @@ def test_push_without_wait_fills_the_free_sessions_and_says_who_waits(fake, tmp_
     waits = [ln for ln in lines if "waits (" in ln]
     assert len(waits) == 8 and "waits (GPU sessions busy (2 of 2))" in waits[0]
     assert waits[-1].startswith("ensemble: waits (needs train/convnext_res_224")
+
+
+# ---- `pipeline.py plan`: weekly GPU quota and the fan-out's wall clock ------------------------------------------
+def _probed(plan, s_per_img):
+    """A probe.json for `plan`: every run fits at accum 2 and trains at `s_per_img` seconds an image."""
+    pj = plan.job("probe")
+    trials = [{"accum": a, "bs": 64 // a, "status": "ok", "peak_reserved_gb": 10.0, "peak_allocated_gb": None,
+               "s_per_img": s_per_img, "s_per_img_infer": None, "seconds": 1.0, "error": ""} for a in (1, 2)]
+    runs = {n: {"spec": spec, "trials": trials, "accum": 1, "reason": ""} for n, spec in pj.params["runs"].items()}
+    res = probe.probe_result(runs, {"device": "Tesla T4", "gpu_measured": True},
+                             {"n_train": 9367, "n_holdout": 1040, "n_test": 3469},
+                             {k: pj.params[k] for k in ("gpu_budget_gb", "margin_gb", "time_budget_h")}, 60.0)
+    probe.save_probe(pj.out_dir, res)
+
+
+def test_plan_checks_the_weekly_gpu_quota_and_prints_the_fan_out_wall_clock(tmp_path):
+    """The real plan: 9 GPU kernels. (Its total also overflows the one-session time_budget_h check, which
+    --override passes here: on Kaggle each run has a session of its own.)"""
+    plan = _real_plan(tmp_path)
+    _probed(plan, 0.1)
+    lines = []
+    assert budget.check_plan(plan, override=True, log=lines.append) == 0
+    assert "weekly_gpu_hours" not in lines[-1]  # within the quota
+    rows, _, _ = budget.plan_rows(plan)
+    total, longest = sum(r["seconds"] for r in rows), max(r["seconds"] for r in rows)
+    assert len(rows) == 9 and 20 * 3600 < total < 30 * 3600
+    assert any(ln.startswith("kaggle: internet on (file competition: timm fetches pretrained weights from its hub")
+               for ln in lines)
+    (fan,) = [ln for ln in lines if ln.startswith("kaggle: 9 GPU kernels")]
+    gpu_h, wall_h = re.fullmatch(r"kaggle: 9 GPU kernels, ([\d.]+) GPU h of weekly_gpu_hours 30; ([\d.]+) h wall "
+                                 r"clock at 2 at once \(max_gpu_sessions\), then the ensemble", fan).groups()
+    assert float(gpu_h) == round(total / 3600, 2)
+    assert total / 2 / 3600 - 0.01 <= float(wall_h) <= (total / 2 + longest) / 3600
+    _probed(plan, 0.15)  # ~40 GPU hours: more than a week's quota
+    with pytest.raises(RoadtopError, match=r"GPU h > kaggle.weekly_gpu_hours 30 \(split the plan over two weeks"):
+        budget.check_plan(plan, log=lambda s: None)
+    plan.kaggle["max_gpu_sessions"] = 1
+    plan.kaggle["weekly_gpu_hours"] = 50
+    lines.clear()
+    assert budget.check_plan(plan, override=True, log=lines.append) == 0
+    assert "weekly_gpu_hours" not in lines[-1]
+    (fan,) = [ln for ln in lines if ln.startswith("kaggle: 9 GPU kernels")]
+    assert fan.endswith("h wall clock at 1 at once (max_gpu_sessions), then the ensemble")
+    assert f"{budget.plan_rows(plan)[0][-1]['cumulative'] / 3600 - 60 / 3600:.2f} h wall clock" in fan

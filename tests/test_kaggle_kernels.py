@@ -193,3 +193,23 @@ def test_internet_setting(plan, value, on):
     assert settings.internet_on(st)[0] is on
     meta = kernels.kernel_metadata(plan.job("train/resnet"), st, ref("train/resnet"), "s-lug", [])
     assert meta["enable_internet"] is on
+
+
+@pytest.mark.parametrize("layout", ["paddy-disease-classification", "competitions/paddy-disease-classification",
+                                    "datasets/someone/paddy-copy"])
+def test_kaggle_inputs_are_found_whatever_the_mount_layout(tmp_path, monkeypatch, layout):
+    """On Kaggle an empty data_path finds the competition by its train.csv + train_images/, the probe's results
+    by probe.json, wherever the session mounted them."""
+    from roadtop import accum, paddy
+
+    root = tmp_path / "input"
+    data = paddy.make_demo(root / layout, 24, 4, size=(16, 16), progress=False)
+    (root / "notebooks" / USER / "roadtop-x-probe" / "probe").mkdir(parents=True)
+    (root / "notebooks" / USER / "roadtop-x-probe" / "probe" / "probe.json").write_text("{}")
+    (root / "other" / "train_images").mkdir(parents=True)  # no train.csv: not the competition
+    monkeypatch.setattr(paddy, "KAGGLE_INPUT", root)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    assert paddy.resolve_data("") == data
+    assert paddy.resolve_data(f"/kaggle/input/{paddy.COMPETITION}") == data  # as a pushed kernel names it
+    assert paddy.kaggle_folders("train.csv", "train_images", root=root) == [data]
+    assert accum.probe_inputs(root) == [root / "notebooks" / USER / "roadtop-x-probe" / "probe"]
