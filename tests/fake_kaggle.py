@@ -16,8 +16,20 @@ from kagglesdk import kaggle_env
 from roadtop.dag.plan import load_plan
 from roadtop.kaggle import flow
 
-__all__ = ["FakeKaggle", "Recorded", "USER", "KEY", "TOKEN", "WEIGHTS", "Sleeps", "ref", "params_of", "fake",
-           "plan", "push_all"]
+__all__ = [
+    "KEY",
+    "TOKEN",
+    "USER",
+    "WEIGHTS",
+    "FakeKaggle",
+    "Recorded",
+    "Sleeps",
+    "fake",
+    "params_of",
+    "plan",
+    "push_all",
+    "ref",
+]
 
 USER, KEY, TOKEN = "fake-user", "fake-key-5f3a9c0e1d2b4a6f", "fake-token-KGAT-77e1c2d3"
 WEIGHTS = "fake-user/timm-weights"
@@ -384,7 +396,7 @@ def params_of(text):
     cell = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(cell) == 1
     ns = {}
-    exec(cell[0].source, {}, ns)
+    exec(cell[0].source, {}, ns)  # noqa: S102 - the parameters cell papermill wrote
     return nb, ns
 
 

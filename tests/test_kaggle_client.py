@@ -14,7 +14,7 @@ from roadtop.kaggle import client, flow, record, settings
 from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_kaggle import KEY, TOKEN, USER, Sleeps, push_all, ref  # noqa: E402
+from fake_kaggle import KEY, TOKEN, USER, Sleeps, push_all, ref
 
 pytest_plugins = ["fake_kaggle"]
 
@@ -43,7 +43,7 @@ def test_transient_errors_are_retried_with_backoff(plan, fake, code):
     assert flow.push(plan, runs=["train/resnet"], log=lines.append, sleep=sleeps) == 0
     assert sleeps == [0.5, 1.0]  # backoff, doubling
     assert len(fake.calls("SaveKernel")) == 3
-    assert [ln for ln in lines if "Kaggle answered" in ln][0].startswith(f"train/resnet: Kaggle answered {code}")
+    assert next(ln for ln in lines if "Kaggle answered" in ln).startswith(f"train/resnet: Kaggle answered {code}")
 
 
 def test_retry_after_is_honoured_and_persistent_errors_give_up(plan, fake):

@@ -11,7 +11,7 @@ from roadtop.errors import RoadtopError
 from roadtop.kaggle import client, datasets, flow, record, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_kaggle import USER, WEIGHTS, Sleeps, ref  # noqa: E402
+from fake_kaggle import USER, WEIGHTS, Sleeps, ref
 
 pytest_plugins = ["fake_kaggle"]
 

@@ -8,7 +8,6 @@ import re
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
 
@@ -20,7 +19,7 @@ from roadtop.kaggle import flow, record, settings
 from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_kaggle import USER, WEIGHTS, Sleeps, params_of, push_all, ref  # noqa: E402
+from fake_kaggle import USER, WEIGHTS, Sleeps, params_of, push_all, ref
 
 pytest_plugins = ["fake_kaggle"]
 
@@ -312,7 +311,7 @@ def test_a_re_pushed_run_makes_the_ensemble_stale_and_the_scheduler_re_pushes_it
     assert flow.stale_sources(state, "ensemble") == ["train/resnet"]
     out, lines = io.StringIO(), []
     flow.status(plan, once=True, out=out, log=lines.append, sleep=Sleeps())
-    ens_row = [ln for ln in out.getvalue().splitlines() if ln.startswith("ensemble")][0]
+    ens_row = next(ln for ln in out.getvalue().splitlines() if ln.startswith("ensemble"))
     assert "stale: train/resnet pushed anew since" in ens_row
     assert any(ln.startswith("ensemble: stale: train/resnet") for ln in lines)
     assert flow.push(plan, wait=True, **kw) == 0

@@ -9,15 +9,17 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
 
+from roadtop import accum, paddy
 from roadtop.dag.plan import load_plan
 from roadtop.errors import RoadtopError
 from roadtop.kaggle import flow, kernels, settings
 from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_kaggle import USER, Sleeps, params_of, ref  # noqa: E402
+from fake_kaggle import USER, Sleeps, params_of, ref
 
 pytest_plugins = ["fake_kaggle"]
 
@@ -123,7 +125,7 @@ def test_training_kernel_is_readable_and_ships_only_what_it_imports(plan, fake):
     assert boot.metadata["_kg_hide-input"] is True and "roadtop-bootstrap" in boot.metadata["tags"]
     lines = boot.source.splitlines()
     assert len(lines) <= 1500, len(lines)
-    shipped = set(re.findall(r"^_roadtop_src\['(\w+\.py)'\] = ", boot.source, re.M))
+    shipped = set(re.findall(r"^_roadtop_src\['(\w+\.py)'\] = ", boot.source, re.MULTILINE))
     assert {"train.py", "paddy.py", "preds.py", "paths.py"} <= shipped
     assert not shipped & {"runner.py", "plan.py", "flow.py", "cli.py", "kernels.py", "budget.py"}
     assert all((ROOT / "roadtop" / m).exists() for m in shipped)  # the floor only: no dag/ or kaggle/ file
@@ -200,8 +202,6 @@ def test_internet_setting(plan, value, on):
 def test_kaggle_inputs_are_found_whatever_the_mount_layout(tmp_path, monkeypatch, layout):
     """On Kaggle an empty data_path finds the competition by its train.csv + train_images/, the probe's results
     by probe.json, wherever the session mounted them."""
-    from roadtop import accum, paddy
-
     root = tmp_path / "input"
     data = paddy.make_demo(root / layout, 24, 4, size=(16, 16), progress=False)
     (root / "notebooks" / USER / "roadtop-x-probe" / "probe").mkdir(parents=True)
@@ -213,3 +213,15 @@ def test_kaggle_inputs_are_found_whatever_the_mount_layout(tmp_path, monkeypatch
     assert paddy.resolve_data(f"/kaggle/input/{paddy.COMPETITION}") == data  # as a pushed kernel names it
     assert paddy.kaggle_folders("train.csv", "train_images", root=root) == [data]
     assert accum.probe_inputs(root) == [root / "notebooks" / USER / "roadtop-x-probe" / "probe"]
+
+
+def test_environment_yml_installs_the_pinned_torch_from_pip():
+    """No pytorch/nvidia conda channel (nothing after 2.5.1 there): the env pip-installs requirements.txt."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["channels"] == ["conda-forge"]
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    assert not [d for d in conda if d.split("=")[0] in ("pytorch", "torchvision", "pytorch-cuda")]
+    (pip,) = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    assert pip == ["-r requirements.txt", "-e ."]
+    reqs = (ROOT / "requirements.txt").read_text()
+    assert re.search(r"^torch==\d", reqs, re.MULTILINE) and re.search(r"^torchvision==\d", reqs, re.MULTILINE)

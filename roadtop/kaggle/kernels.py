@@ -272,7 +272,7 @@ def kernel_notebook(notebook, params: dict):
                                language="python")
     fix = _inputs_source(params)
     if fix:
-        at = [i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", [])][0]
+        at = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
         nb.cells.insert(at + 1, nbformat.v4.new_code_cell(fix, metadata={"tags": ["roadtop-inputs"]}))
     boot = nbformat.v4.new_code_cell(bootstrap_source(_modules(nb, Path(__file__).parent.parent)))
     boot.metadata.update({"tags": ["roadtop-bootstrap"], "_kg_hide-input": True})  # Kaggle folds the code
