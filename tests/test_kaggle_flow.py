@@ -376,3 +376,9 @@ def test_plan_checks_the_weekly_gpu_quota_and_prints_the_fan_out_wall_clock(tmp_
     (fan,) = [ln for ln in lines if ln.startswith("kaggle: 9 GPU kernels")]
     assert fan.endswith("h wall clock at 1 at once (max_gpu_sessions), then the ensemble")
     assert f"{budget.plan_rows(plan)[0][-1]['cumulative'] / 3600 - 60 / 3600:.2f} h wall clock" in fan
+
+
+def test_a_run_whose_sources_are_not_on_kaggle_is_refused_before_any_push(plan, fake):
+    with pytest.raises(RoadtopError, match="^ensemble: none of the runs it reads is sent to Kaggle"):
+        flow.push(plan, runs=["ensemble"], wait=True, log=lambda s: None, sleep=Sleeps(), out=io.StringIO())
+    assert fake.calls("SaveKernel") == []
