@@ -195,7 +195,7 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
             try:
                 _push_one(api, plan, k, st, state, log, sleep)
             except SlotBusy as e:
-                refused, cap = True, max(1, busy)  # the account runs fewer than asked: take what it runs
+                refused, cap = True, busy or cap  # the account runs fewer than asked (or others hold them)
                 notes[k.name] = "Kaggle: GPU sessions busy"
                 if refusals == 0:
                     log(f"{e}: the next GPU kernel goes when one of the {busy} running here ends")
