@@ -14,6 +14,7 @@ from roadtop.kaggle import client, flow, record, settings
 from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
+pytest.register_assert_rewrite("fake_kaggle")  # its helpers assert too
 from fake_kaggle import KEY, TOKEN, USER, Sleeps, push_all, ref
 
 pytest_plugins = ["fake_kaggle"]

@@ -11,6 +11,7 @@ from roadtop.errors import RoadtopError
 from roadtop.kaggle import client, datasets, flow, record, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
+pytest.register_assert_rewrite("fake_kaggle")  # its helpers assert too
 from fake_kaggle import USER, WEIGHTS, Sleeps, ref
 
 pytest_plugins = ["fake_kaggle"]

@@ -19,6 +19,7 @@ from roadtop.kaggle import flow, record, settings
 from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
+pytest.register_assert_rewrite("fake_kaggle")  # its helpers assert too
 from fake_kaggle import USER, WEIGHTS, Sleeps, params_of, push_all, ref
 
 pytest_plugins = ["fake_kaggle"]
