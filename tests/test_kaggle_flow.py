@@ -383,3 +383,19 @@ def test_a_run_whose_sources_are_not_on_kaggle_is_refused_before_any_push(plan, 
     with pytest.raises(RoadtopError, match="^ensemble: none of the runs it reads is sent to Kaggle"):
         flow.push(plan, runs=["ensemble"], wait=True, log=lambda s: None, sleep=Sleeps(), out=io.StringIO())
     assert fake.calls("SaveKernel") == []
+
+
+def test_the_live_table_is_redrawn_below_a_log_line_not_over_it(plan, fake):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    fake.set_statuses(ref("train/convnext"), "RUNNING", "COMPLETE")
+    fake.set_statuses(ref("train/resnet"), "RUNNING", "COMPLETE")
+    fake.set_statuses(ref("ensemble"), "COMPLETE")
+    out = Tty()
+    assert flow.push(plan, wait=True, log=lambda s: out.write(s + "\n"), sleep=Sleeps(), out=out) == 0
+    text = out.getvalue()
+    pushed = text.index("ensemble: pushed")
+    assert "\x1b[" not in text[pushed:text.index("\n", pushed) + 40]  # the next table does not move over it
+    assert text.count("\x1b[4F\x1b[J") >= 1  # between polls without news it redraws in place

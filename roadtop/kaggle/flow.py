@@ -254,7 +254,8 @@ def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool
     user = st.username or api_username(api)
     kernels = build_kernels(plan, jobs, user, st, state, log=log)
     log(f"kaggle: internet {'on' if online else 'off'} ({why}); at most {st.max_gpu_sessions} GPU kernels at once")
-    return _schedule(api, plan, kernels, st, state, force, wait, user, log, sleep, _Live(out or sys.stdout))
+    live = _Live(out or sys.stdout)
+    return _schedule(api, plan, kernels, st, state, force, wait, user, live.below(log), sleep, live)
 
 
 def run(plan, runs=None, force: bool = False, submit_it: bool = False, message=None, api=None, log=print,
@@ -379,6 +380,14 @@ class _Live:
         self.out.flush()
         self.lines, self.key = lines, key
 
+    def below(self, log):
+        """`log`, after which the table is drawn anew below the line instead of over it."""
+        def logged(msg):
+            """Log `msg`; the next drawing starts under it."""
+            log(msg)
+            self.lines = []
+        return logged
+
 
 def status(plan, runs=None, once: bool = False, interval=None, api=None, out=None, log=print,
            sleep=time.sleep) -> int:
@@ -389,6 +398,7 @@ def status(plan, runs=None, once: bool = False, interval=None, api=None, out=Non
     names = _pushed(plan, state, runs)
     api = api or connect()
     live, reported = _Live(out or sys.stdout), set()
+    log = live.below(log)
     while True:
         now = refresh(api, plan, names, st=st, state=state, log=log, sleep=sleep)
         live.show(*status_table(state, names))
