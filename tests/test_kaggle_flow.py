@@ -1,114 +1,36 @@
-"""roadtop.kaggle against a fake Kaggle API on 127.0.0.1, driven through the real `kaggle` client."""
+"""The Kaggle flow against a fake Kaggle on 127.0.0.1, through the real `kaggle` client: push under the GPU session
+cap, status, collect, submit, `kaggle run`, and the command line."""
 
 import importlib.util
 import io
 import json
-import subprocess
+import re
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
-from kaggle.api.kaggle_api_extended import KaggleApi
-from kagglesdk import kaggle_env
 from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
 
-from roadtop import weights
-from roadtop.kaggle import client, datasets, flow, kernels, record, settings
-from roadtop.errors import RoadtopError
-from roadtop.paths import ROOT
+from roadtop import probe
+from roadtop.dag import budget
 from roadtop.dag.plan import load_plan
+from roadtop.errors import RoadtopError
+from roadtop.kaggle import flow, record, settings
+from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_kaggle import FakeKaggle  # noqa: E402
+pytest.register_assert_rewrite("fake_kaggle")  # its helpers assert too
+from fake_kaggle import USER, WEIGHTS, Sleeps, params_of, push_all, ref
 
-USER, KEY, TOKEN = "fake-user", "fake-key-5f3a9c0e1d2b4a6f", "fake-token-KGAT-77e1c2d3"
-WEIGHTS = "fake-user/timm-weights"
-
-
-@pytest.fixture
-def fake(monkeypatch, tmp_path):
-    """A started FakeKaggle; the kaggle client points at it (every endpoint, prod too), fake credentials."""
-    f = FakeKaggle(USER, KEY, TOKEN).start()
-    for env in list(kaggle_env._env_to_endpoint):  # nothing leaves 127.0.0.1, whatever env the client picks
-        monkeypatch.setitem(kaggle_env._env_to_endpoint, env, f.url)
-    monkeypatch.setattr(KaggleApi, "args", ["--local"])  # as KAGGLE_API_ENVIRONMENT=LOCALHOST: /api/v1/...
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    for var in ("KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_API_ENVIRONMENT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("KAGGLE_USERNAME", USER)
-    monkeypatch.setenv("KAGGLE_KEY", KEY)
-    yield f
-    f.stop()
+pytest_plugins = ["fake_kaggle"]
 
 
-@pytest.fixture
-def plan(tmp_path):
-    """A real plan (roadtop.dag.plan.load_plan): two training runs (one pretrained) and the ensemble."""
-    p = tmp_path / "kdemo.yaml"
-    p.write_text(f"""
-name: kdemo
-out_dir: {tmp_path / 'outputs'}
-train:
-  defaults: {{epochs: 1}}
-  runs:
-    convnext: {{arch: test_convnext, pretrained: true}}
-    resnet: {{arch: test_resnet}}
-ensemble: {{}}
-kaggle:
-  weights_dataset: {WEIGHTS}
-  retries: 2
-  backoff: 0.5
-  poll_interval: 7
-""")
-    return load_plan(p)
-
-
-class Sleeps(list):
-    """A stand-in for time.sleep that records the delays instead of waiting."""
-
-    def __call__(self, s):
-        self.append(s)
-
-
-def ref(run):
-    """Kernel ref of a run of the kdemo plan."""
-    return f"{USER}/roadtop-kdemo-{run.replace('/', '-')}"
-
-
-def params_of(text):
-    """The injected-parameters cell of a pushed notebook, executed into a dict."""
-    nb = nbformat.reads(text, as_version=4)
-    nbformat.validate(nb)
-    cell = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert len(cell) == 1
-    ns = {}
-    exec(cell[0].source, {}, ns)
-    return nb, ns
-
-
-def push_all(plan, fake, **kw):
-    """Push the trains, let them COMPLETE, push the ensemble, let it COMPLETE; returns the log lines."""
-    lines = []
-    kw.setdefault("sleep", Sleeps())
-    assert flow.push(plan, log=lines.append, **kw) == 0
-    for run in ("train/convnext", "train/resnet"):
-        fake.set_statuses(ref(run), "COMPLETE")
-    assert flow.push(plan, log=lines.append, **kw) == 0
-    fake.set_statuses(ref("ensemble"), "COMPLETE")
-    return lines
-
-
-# ---- push --------------------------------------------------------------------------------------------------
 def test_push_sends_training_kernels_then_the_ensemble_that_reads_them(plan, fake):
     lines = []
     assert flow.push(plan, log=lines.append, sleep=Sleeps()) == 0
     saves = fake.calls("SaveKernel")
     assert [s["slug"] for s in saves] == [ref("train/convnext"), ref("train/resnet")]  # ensemble waits
-    assert lines[-1].startswith("ensemble: waits for train/convnext (RUNNING), train/resnet (RUNNING) to")
+    assert lines[-1].startswith("ensemble: waits (needs train/convnext, train/resnet); rerun")
 
     t = saves[0]
     assert kaggle_slugify(t["newTitle"]) == t["slug"].split("/")[1]
@@ -122,7 +44,7 @@ def test_push_sends_training_kernels_then_the_ensemble_that_reads_them(plan, fak
     assert p["data_path"] == "/kaggle/input/paddy-disease-classification"
     assert p["arch"] == "test_convnext" and p["pretrained"] is True and p["epochs"] == 1
     assert p["weights_dir"] == "/kaggle/input/timm-weights"
-    assert "roadtop-bootstrap" in nb.cells[0].metadata["tags"]
+    assert "roadtop-bootstrap" in nb.cells[1].metadata["tags"]
     assert all(c.outputs == [] and c.execution_count is None for c in nb.cells if c.cell_type == "code")
 
     folder = settings.kaggle_dir(plan) / "roadtop-kdemo-train-convnext"
@@ -147,93 +69,26 @@ def test_push_sends_training_kernels_then_the_ensemble_that_reads_them(plan, fak
     assert state["ensemble"]["version"] == 1 and state["train/convnext"]["status"] == "COMPLETE"
 
 
-def test_push_wait_polls_until_the_trainings_complete(plan, fake):
+def test_push_wait_polls_until_every_kernel_ended(plan, fake):
     fake.set_statuses(ref("train/convnext"), "QUEUED", "RUNNING", "COMPLETE")
     fake.set_statuses(ref("train/resnet"), "RUNNING", "COMPLETE")
+    fake.set_statuses(ref("ensemble"), "RUNNING", "COMPLETE")
     sleeps = Sleeps()
-    assert flow.push(plan, wait=True, log=lambda s: None, sleep=sleeps) == 0
+    assert flow.push(plan, wait=True, log=lambda s: None, sleep=sleeps, out=io.StringIO()) == 0
     assert [s["slug"] for s in fake.calls("SaveKernel")][-1] == ref("ensemble")
-    assert sleeps == [7, 7]  # poll_interval, until both trainings said COMPLETE
+    assert sleeps == [7] * 5  # poll_interval: 3 polls until both trainings COMPLETE, 2 for the ensemble
 
 
 def test_push_does_not_send_the_ensemble_after_a_training_error(plan, fake):
     fake.set_statuses(ref("train/resnet"), "ERROR", failure="CUDA out of memory")
-    lines = []
-    assert flow.push(plan, wait=True, log=lines.append, sleep=Sleeps()) == 1
+    fake.set_statuses(ref("train/convnext"), "RUNNING", "COMPLETE")
+    lines, out = [], io.StringIO()
+    assert flow.push(plan, wait=True, log=lines.append, sleep=Sleeps(), out=out) == 1
+    assert "error (CUDA out of memory)" in out.getvalue() and "failed (train/resnet ended in ERROR" in out.getvalue()
     assert ref("ensemble") not in [s["slug"] for s in fake.calls("SaveKernel")]
     assert any(ln.startswith("ensemble: not pushed: train/resnet ended in ERROR") for ln in lines)
 
 
-def test_bootstrap_cell_brings_roadtop_into_a_bare_python(plan, fake, tmp_path):
-    flow.push(plan, log=lambda s: None, sleep=Sleeps())
-    nb = nbformat.reads(fake.calls("SaveKernel")[0]["text"], as_version=4)
-    boot = nb.cells[0].source
-    sent = sorted(m for m in kernels._modules(nb, ROOT / "roadtop"))  # what train.ipynb imports, and their imports
-    assert {"train.py", "preds.py", "paddy.py"} <= set(sent)
-    code = boot + "\nimport roadtop.paths\nprint(roadtop.paths.__file__)"
-    # -I -S: no site-packages, so no installed roadtop: only the inline copy can answer the import
-    r = subprocess.run([sys.executable, "-I", "-S", "-"], input=code, capture_output=True, text=True,
-                       env={"TMPDIR": str(tmp_path)}, timeout=60, check=False)
-    assert r.stdout.strip() == str(tmp_path / "roadtop-src" / "roadtop" / "paths.py"), r.stderr[-2000:]
-    written = sorted(p.name for p in (tmp_path / "roadtop-src" / "roadtop").glob("*.py"))
-    assert written == sent
-
-
-def test_ensemble_kernel_runs_as_on_kaggle(plan, tmp_path, monkeypatch):
-    """The pushed ensemble notebook, run in a Jupyter kernel that believes it is on Kaggle (/kaggle/ moved
-    under tmp_path), inputs mounted the newer way (/kaggle/input/<kind>/<owner>/<slug>): roadtop comes from
-    the bootstrap cell, the runs from the training kernels' outputs."""
-    import numpy as np
-    import pandas as pd
-    import papermill as pm
-
-    from roadtop import paddy, preds
-
-    kag = tmp_path / "kaggle"
-    data = paddy.make_demo(kag / "input" / "competitions" / settings.COMPETITION, 60, 12, size=(32, 48),
-                           progress=False)
-    trn, hold = paddy.split_files(data, 0.1, 42)
-    tst = paddy.test_files(data)
-    vocab = sorted({f.parent.name for f in trn + hold})
-    rng = np.random.default_rng(0)
-    for run in ("convnext", "resnet"):  # what the two training kernels would have saved
-        probs = rng.dirichlet(np.ones(len(vocab)), len(tst)), rng.dirichlet(np.ones(len(vocab)), len(hold))
-        p = preds.RunPreds(run, f"test_{run}", vocab, [f.name for f in tst], probs[0], [f.name for f in hold],
-                           [f.parent.name for f in hold], probs[1])
-        preds.save_preds(kag / "input" / "notebooks" / USER / f"roadtop-kdemo-train-{run}" / run, p)
-    ens = kernels.build_kernels(plan, plan.jobs, USER, log=lambda s: None)[-1]
-    nb = tmp_path / "ensemble.ipynb"
-    nb.write_text((ens.folder / ens.meta["code_file"]).read_text().replace("/kaggle/", f"{kag}/"))
-    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")  # roadtop.paths.iskaggle() is True in the kernel
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    pm.execute_notebook(str(nb), str(tmp_path / "ensemble.out.ipynb"), cwd=str(tmp_path), progress_bar=False)
-    sub = pd.read_csv(kag / "working" / "submission.csv", dtype=str)
-    assert list(sub.image_id) == list(paddy.read_sample_submission(data).image_id)
-    assert set(sub.label) <= set(vocab)
-    assert (tmp_path / "roadtop-src" / "roadtop" / "ensemble.py").exists()
-
-
-def test_params_are_refused_when_a_kernel_could_not_run(plan, tmp_path):
-    st = settings.settings(plan)
-    job = plan.job("train/convnext")
-    slugs = {j.name: settings.kernel_slug(st.slug_prefix, j.name) for j in plan.jobs}
-    with pytest.raises(RoadtopError, match="train/convnext: pretrained=True needs local weights"):
-        kernels.kaggle_params(job, slugs, settings.KaggleSettings(), {j.name: j for j in plan.jobs})
-    job.params["item_method"] = str(tmp_path)
-    with pytest.raises(RoadtopError, match="item_method=.* is a path on this machine"):
-        kernels.kaggle_params(job, slugs, st, {j.name: j for j in plan.jobs})
-    plan.kaggle["gpu"] = True
-    with pytest.raises(RoadtopError, match="kaggle.gpu is unknown"):
-        settings.settings(plan)
-
-
-def test_slugs_are_kaggle_slugs_whose_titles_map_back():
-    for run in ("train/convnext_large_in22k-(320,224)", "ensemble", "train/" + "x" * 80):
-        s = settings.kernel_slug("roadtop-real", run)
-        assert 5 <= len(s) <= 50 and kaggle_slugify(settings.kernel_title(s)) == s
-
-
-# ---- status ------------------------------------------------------------------------------------------------
 def test_status_polls_through_queued_running_to_complete_and_error(plan, fake):
     flow.push(plan, log=lambda s: None, sleep=Sleeps())
     fake.set_statuses(ref("train/convnext"), "QUEUED", "RUNNING", "RUNNING", "COMPLETE")
@@ -246,8 +101,8 @@ def test_status_polls_through_queued_running_to_complete_and_error(plan, fake):
         for row in block.splitlines()[2:]:
             name = row.split()[0].split("/")[1]
             seen[name].append(row.split()[3])
-    assert seen["convnext"] == ["QUEUED", "RUNNING", "RUNNING", "COMPLETE"]
-    assert seen["resnet"] == ["QUEUED", "RUNNING", "ERROR", "ERROR"]
+    assert seen["convnext"] == ["queued", "running", "running", "complete"]
+    assert seen["resnet"] == ["queued", "running", "error", "error"]
     assert sleeps == [3, 3, 3]
     assert lines == [(f"train/resnet: kernel {ref('train/resnet')} ended in ERROR: Exceeded time limit "
                       "(`pipeline.py kaggle collect --runs train/resnet` downloads its log)")]
@@ -268,7 +123,6 @@ def test_status_redraws_in_place_on_a_terminal(plan, fake):
     assert out.getvalue().count("\x1b[3F\x1b[J") == 1  # header + 2 rows moved over once
 
 
-# ---- collect -----------------------------------------------------------------------------------------------
 def test_collect_downloads_outputs_into_outputs(plan, fake):
     push_all(plan, fake)
     fake.outputs[ref("train/convnext")].update({"convnext/preds.npz": b"\x93NUMPY" + bytes(range(256)) * 40,
@@ -302,7 +156,6 @@ def test_collect_keeps_a_local_run(plan, fake):
     assert (local / "preds.npz").read_bytes() == b"kaggle"
 
 
-# ---- submit ------------------------------------------------------------------------------------------------
 def test_submit_code_competition_sends_kernel_and_version(plan, fake):
     plan.kaggle["code_competition"] = True
     push_all(plan, fake)
@@ -335,152 +188,6 @@ def test_submit_file_competition_uploads_the_kernels_csv(plan, fake):
     assert fake.calls("CreateSubmission")[0]["blobFileTokens"] == "sub-token-1"
 
 
-# ---- errors ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("code,phrase", [(401, "rejected the credentials (401"), (403, "refused access (403"),
-                                         (404, "found nothing (404")])
-def test_push_errors_name_the_run_and_keep_local_files(plan, fake, code, phrase):
-    fake.fail("SaveKernel", code)
-    lines = []
-    assert flow.push(plan, log=lines.append, sleep=Sleeps()) == 1
-    err = [ln for ln in lines if phrase in ln]
-    assert len(err) == 1 and err[0].startswith(f"train/convnext: push of {ref('train/convnext')} failed")
-    pushed = [s["slug"] for s in fake.calls("SaveKernel")]
-    if code == 401:
-        assert pushed == [ref("train/convnext")]  # bad credentials: stop, every call would fail
-    else:
-        assert pushed == [ref("train/convnext"), ref("train/resnet")]  # the other run still goes
-        assert list(record.load_state(plan)["kernels"]) == ["train/resnet"]
-    assert (settings.kaggle_dir(plan) / "roadtop-kdemo-train-convnext" / "kernel-metadata.json").exists()
-
-
-@pytest.mark.parametrize("code", [429, 500, 503])
-def test_transient_errors_are_retried_with_backoff(plan, fake, code):
-    fake.fail("SaveKernel", code, times=2)
-    sleeps, lines = Sleeps(), []
-    assert flow.push(plan, runs=["train/resnet"], log=lines.append, sleep=sleeps) == 0
-    assert sleeps == [0.5, 1.0]  # backoff, doubling
-    assert len(fake.calls("SaveKernel")) == 3 and f"Kaggle answered {code}" in lines[0]
-
-
-def test_retry_after_is_honoured_and_persistent_errors_give_up(plan, fake):
-    fake.fail("SaveKernel", 429, times=1, headers={"Retry-After": "4"})
-    fake.fail("SaveKernel", 502, times=3)
-    sleeps, lines = Sleeps(), []
-    assert flow.push(plan, runs=["train/resnet"], log=lines.append, sleep=sleeps) == 1
-    assert sleeps == [4.0, 1.0]
-    assert lines[-1].startswith(f"train/resnet: push of {ref('train/resnet')} failed: Kaggle still answered")
-    assert "answered 502" in lines[-1]
-    assert record.load_state(plan)["kernels"] == {}
-
-
-@pytest.mark.parametrize("code,phrase", [(401, "rejected the credentials"), (403, "refused access"),
-                                         (404, "push it first")])
-def test_status_errors_name_the_run(plan, fake, code, phrase):
-    flow.push(plan, log=lambda s: None, sleep=Sleeps())
-    fake.fail("GetKernelSessionStatus", code)
-    match = f"^train/convnext: status of {ref('train/convnext')} failed.*{phrase}"
-    with pytest.raises(client.KaggleCallError, match=match):
-        flow.status(plan, once=True, out=io.StringIO(), log=lambda s: None, sleep=Sleeps())
-
-
-def test_collect_404_names_the_run(plan, fake):
-    push_all(plan, fake)
-    fake.fail("ListKernelSessionOutput", 404)
-    lines = []
-    assert flow.collect(plan, runs=["train/convnext"], log=lines.append, sleep=Sleeps()) == 1
-    assert lines[-1].startswith("train/convnext: download of") and "(404" in lines[-1]
-
-
-def test_no_credentials_is_one_clear_error(fake, monkeypatch):
-    monkeypatch.delenv("KAGGLE_USERNAME")
-    monkeypatch.delenv("KAGGLE_KEY")
-    with pytest.raises(RoadtopError, match="^no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_"):
-        client.connect()
-
-
-def test_credentials_from_kaggle_json_and_from_an_api_token(plan, fake, monkeypatch, tmp_path):
-    monkeypatch.delenv("KAGGLE_USERNAME")
-    monkeypatch.delenv("KAGGLE_KEY")
-    cfg = tmp_path / "home" / ".kaggle"
-    cfg.mkdir()
-    (cfg / "kaggle.json").write_text(json.dumps({"username": USER, "key": KEY}))
-    (cfg / "kaggle.json").chmod(0o600)
-    assert client.api_username(client.connect()) == USER
-    (cfg / "kaggle.json").unlink()
-    monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
-    api = client.connect()
-    assert client.api_username(api) == USER and fake.calls("IntrospectToken")[-1]["token"] == TOKEN
-    assert flow.push(plan, runs=["train/resnet"], api=api, log=lambda s: None, sleep=Sleeps()) == 0
-    assert fake.requests[-1].headers["Authorization"] == f"Bearer {TOKEN}"
-
-
-def test_credentials_appear_in_no_pushed_text_file_or_log(plan, fake, capsys, tmp_path):
-    plan.kaggle["code_competition"] = True
-    lines = push_all(plan, fake)
-    fake.outputs[ref("ensemble")]["submission.csv"] = b"image_id,label\n"
-    flow.collect(plan, log=lines.append, sleep=Sleeps())
-    flow.submit(plan, log=lines.append, sleep=Sleeps())
-    flow.status(plan, once=True, out=io.StringIO(), log=lines.append, sleep=Sleeps())
-    assert len(fake.calls("SaveKernel")) == 3
-    texts = [json.dumps(r.payload) if r.payload else r.body.decode("latin-1") for r in fake.requests]
-    files = [p for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts]
-    assert any(p.name == "kernel-metadata.json" for p in files) and any(p.suffix == ".ipynb" for p in files)
-    texts += [p.read_bytes().decode("latin-1") for p in files]
-    texts += lines + list(capsys.readouterr())
-    for secret in (KEY, TOKEN):
-        assert not [t for t in texts if secret in t]
-    assert all("Authorization" in r.headers for r in fake.requests if r.method)  # sent, in a header only
-
-
-# ---- pretrained weights ------------------------------------------------------------------------------------
-def test_local_pretrained_cfg_loads_weights_without_internet(tmp_path):
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    src = timm.create_model("test_resnet", pretrained=False, num_classes=0)
-    wdir = tmp_path / "weights"
-    wdir.mkdir()
-    save_file(src.state_dict(), str(wdir / "test_resnet.r160_in1k.safetensors"))  # named by pretrained tag
-    cfg = weights.local_pretrained_cfg("test_resnet", wdir)
-    assert cfg == {"file": str(wdir / "test_resnet.r160_in1k.safetensors")}
-    torch.manual_seed(1)
-    got = timm.create_model("test_resnet", pretrained=True, num_classes=0, pretrained_cfg_overlay=cfg)
-    pairs = zip(src.state_dict().values(), got.state_dict().values(), strict=True)
-    assert all(torch.equal(a, b) for a, b in pairs)
-    with pytest.raises(RoadtopError, match="no weights for test_convnext in"):
-        weights.local_pretrained_cfg("test_convnext", wdir)
-
-
-def test_weights_command_packages_a_folder_as_a_dataset(plan, fake, tmp_path):
-    src = tmp_path / "w"
-    hf = src / "models--timm--test_vit.r160_in1k" / "snapshots" / "abc"  # a Hugging Face cache entry
-    hf.mkdir(parents=True)
-    (hf / "model.safetensors").write_bytes(b"vit")
-    (src / "test_resnet.safetensors").write_bytes(b"resnet")
-    (src / "test_resnet.pth").write_bytes(b"resnet-pth")  # the .safetensors wins
-    (src / "test_convnext.r160_in1k.safetensors").write_bytes(b"convnext")
-    lines = []
-    folder = datasets.package_weights(src, WEIGHTS, api=client.connect(), st=settings.settings(plan), dest=tmp_path / "all",
-                                log=lines.append, sleep=Sleeps())
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "dataset-metadata.json", "test_convnext.r160_in1k.safetensors", "test_resnet.safetensors",
-        "test_vit.r160_in1k.safetensors"]
-    assert weights.find_weights("test_vit", folder).read_bytes() == b"vit"
-    (created,) = fake.calls("CreateDataset")
-    assert (created["ownerSlug"], created["slug"], created["isPrivate"]) == (USER, "timm-weights", True)
-    assert sorted(fake.uploads.values()) == [b"convnext", b"resnet", b"vit"]
-    assert WEIGHTS in lines[-1]
-    # with the plan's pretrained archs: just those, named as the plan names them; the dataset exists now
-    folder = datasets.package_weights(src, WEIGHTS, ["test_convnext"], api=client.connect(), dest=tmp_path / "plan",
-                                log=lines.append, sleep=Sleeps())
-    assert sorted(p.name for p in folder.iterdir()) == ["dataset-metadata.json", "test_convnext.safetensors"]
-    assert len(fake.calls("CreateDatasetVersion")) == 1
-    with pytest.raises(RoadtopError, match="no weights for vit_base_patch16_224 in"):
-        datasets.package_weights(src, WEIGHTS, ["vit_base_patch16_224"], upload=False, dest=tmp_path / "x")
-
-
-# ---- command line -----------------------------------------------------------------------------------------
 def test_pipeline_kaggle_subcommands(plan, fake, capsys, tmp_path):
     spec = importlib.util.spec_from_file_location("pipeline", ROOT / "pipeline.py")
     pipeline = importlib.util.module_from_spec(spec)
@@ -502,20 +209,193 @@ def test_pipeline_kaggle_subcommands(plan, fake, capsys, tmp_path):
     assert run("weights", str(tmp_path / "w"), "--no-upload") == 0  # the plan's pretrained archs only
     staged = plan.out_dir / "kaggle" / "weights" / "timm-weights"
     assert sorted(p.name for p in staged.iterdir()) == ["dataset-metadata.json", "test_convnext.safetensors"]
+    # `kaggle run --submit`: the rest of the plan, then the submission (a short poll, real time)
+    plan.source.write_text(plan.source.read_text().replace("poll_interval: 7", "poll_interval: 0.01"))
+    for run_name in ("train/convnext", "train/resnet"):
+        fake.set_statuses(ref(run_name), "RUNNING", "COMPLETE")
+    fake.set_statuses(ref("ensemble"), "QUEUED", "COMPLETE")
+    fake.outputs[ref("ensemble")]["submission.csv"] = b"image_id,label\n200001.jpg,blast\n"
+    assert run("push", "--submit") == 2
+    assert "push --submit needs --wait" in capsys.readouterr().err
+    assert run("run", "--submit", "-m", "from the cli") == 0
+    assert [s["slug"] for s in fake.calls("SaveKernel")] == [ref("train/convnext"), ref("train/resnet"),
+                                                             ref("ensemble")]
+    assert fake.calls("CreateSubmission")[0]["submissionDescription"] == "from the cli"
+    assert "complete" in capsys.readouterr().out
 
 
-def test_dry_run_of_the_real_plan(tmp_path, monkeypatch):
-    real = (ROOT / "params" / "paddy.yaml").read_text().replace("out_dir: outputs/", f"out_dir: {tmp_path}/")
-    real += "kaggle: {username: someone, weights_dataset: someone/timm-w}\n"
-    (tmp_path / "paddy.yaml").write_text(real)
-    plan = load_plan(tmp_path / "paddy.yaml")
+# ---- the scheduler: the real plan's fan-out under Kaggle's GPU session cap ---------------------------------------
+def _real_plan(tmp_path, extra=""):
+    """params/paddy.yaml with its outputs under tmp_path, polling every 60 s (the default), `extra` appended."""
+    text = (ROOT / "params" / "paddy.yaml").read_text().replace("out_dir: outputs/", f"out_dir: {tmp_path}/")
+    (tmp_path / "paddy.yaml").write_text(text + extra)
+    return load_plan(tmp_path / "paddy.yaml")
+
+
+def _pref(run):
+    """Kernel ref of a run of the real plan."""
+    return ref(run, "roadtop-paddy")
+
+
+@pytest.mark.parametrize("cap", [2, 3])
+def test_run_fans_out_nine_gpu_kernels_under_the_session_cap_then_submits(fake, tmp_path, cap):
+    """8 runs + multitarget (GPU) and the ensemble: never more than 2 GPU sessions at once, the next pushed as
+    one ends; with max_gpu_sessions 3 Kaggle refuses the third ("Maximum batch GPU session count of 2"),
+    which only means "wait". The ensemble goes once every source is COMPLETE, then the submission."""
+    plan = _real_plan(tmp_path, f"  max_gpu_sessions: {cap}\n")
+    trains = [j.name for j in plan.jobs if j.stage in ("train", "multitarget")]
+    fake.use_clock(run_s=3600, queue_s=120, run_s_of={_pref(trains[0]): 9000, _pref("ensemble"): 600})
+    fake.outputs[_pref("ensemble")]["submission.csv"] = b"image_id,label\n200001.jpg,blast\n"
+    out, lines, sleeps = io.StringIO(), [], Sleeps()
+    assert flow.run(plan, submit_it=True, message="rtt", log=lines.append, sleep=sleeps, out=out) == 0
+
+    saves = fake.calls("SaveKernel")
+    made = [r for _, r, _ in fake.pushes]
+    assert sorted(made) == sorted(map(_pref, [*trains, "ensemble"])) and len(made) == 10  # each once
+    assert sum(s["enableGpu"] for s in saves if s["slug"] in made) >= 9 and fake.max_gpu_active == 2
+    assert bool(fake.refused) == (cap == 3)  # refused only when we asked for more than the account runs
+    if cap == 3:
+        assert any("Maximum batch GPU session count of 2 reached" in ln for ln in lines)
+    t_ens = next(t for t, r, _ in fake.pushes if r == _pref("ensemble"))
+    assert t_ens >= max(fake.sessions[_pref(n)][1] for n in trains)  # after every source ended
+    assert made[-1] == _pref("ensemble") and not saves[-1]["enableGpu"]
+    (sub,) = fake.calls("CreateSubmission")
+    assert sub["submissionDescription"] == "rtt"
+    methods = [r.method for r in fake.requests if r.method]
+    assert methods.index("CreateSubmission") > max(i for i, m in enumerate(methods) if m == "SaveKernel")
+    table = out.getvalue()
+    for word in ("GPU sessions busy", "queued", "running", "complete"):
+        assert word in table, word
+    gpu_s = 9120 + 8 * 3720  # 2 at a time: half of it, give or take a run, then the ensemble
+    assert gpu_s / 2 + 720 < fake.clock < gpu_s / 2 + 720 + 3720 + 20 * 60
+    state = record.load_state(plan)
+    assert all(state["kernels"][n]["status"] == "COMPLETE" for n in [*trains, "ensemble"])
+
+
+class Interrupt(Sleeps):
+    """Sleeps, until the `at`-th sleep, which raises KeyboardInterrupt (Ctrl-C while it waits)."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def __call__(self, s):
+        super().__call__(s)
+        if len(self) == self.at:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_resumes_without_pushing_anything_twice(fake, tmp_path):
+    plan = _real_plan(tmp_path)
+    fake.use_clock(run_s=100, queue_s=10)
+    with pytest.raises(KeyboardInterrupt):
+        flow.run(plan, log=lambda s: None, sleep=Interrupt(3), out=io.StringIO())
+    first = [r for _, r, _ in fake.pushes]
+    assert 2 <= len(first) < 9
+    state = record.load_state(plan)["kernels"]
+    assert sorted(state) == sorted(n for n in state if _pref(n) in first) and len(state) == len(first)
     lines = []
-    assert flow.push(plan, dry_run=True, log=lines.append) == 0
-    folders = sorted(p.parent.name for p in settings.kaggle_dir(plan).glob("*/kernel-metadata.json"))
-    trains = [j for j in plan.jobs if j.stage in ("train", "multitarget")]
-    assert len(folders) == len(trains) + 1 == 10
-    meta = json.loads((settings.kaggle_dir(plan) / "roadtop-paddy-ensemble" / "kernel-metadata.json").read_text())
-    assert meta["kernel_sources"] == [f"someone/roadtop-paddy-{settings.slugify(j.name)}" for j in trains]
-    text = (settings.kaggle_dir(plan) / "roadtop-paddy-ensemble" / "roadtop-paddy-ensemble.ipynb").read_text()
-    _, p = params_of(text)
-    assert p["weights"]["vit_large_patch16_224"] == 2 and len(p["run_dirs"]) == len(trains)
+    assert flow.run(plan, log=lines.append, sleep=Sleeps(), out=io.StringIO()) == 0
+    made = [r for _, r, _ in fake.pushes]
+    assert len(made) == len(set(made)) == 10 and made[:len(first)] == first
+    assert fake.max_gpu_active == 2
+    assert sum("is already pushed with these parameters" in ln for ln in lines) >= 1
+
+
+def test_a_re_pushed_run_makes_the_ensemble_stale_and_the_scheduler_re_pushes_it(plan, fake):
+    fake.use_clock(run_s=100, queue_s=10)
+    kw = {"log": lambda s: None, "sleep": Sleeps(), "out": io.StringIO()}
+    assert flow.push(plan, wait=True, **kw) == 0
+    assert [v for _, r, v in fake.pushes if r == ref("ensemble")] == [1]
+    assert flow.push(plan, runs=["train/resnet"], force=True, **kw) == 0  # resnet v2
+    state = record.load_state(plan)
+    assert flow.stale_sources(state, "ensemble") == ["train/resnet"]
+    out, lines = io.StringIO(), []
+    flow.status(plan, once=True, out=out, log=lines.append, sleep=Sleeps())
+    ens_row = next(ln for ln in out.getvalue().splitlines() if ln.startswith("ensemble"))
+    assert "stale: train/resnet pushed anew since" in ens_row
+    assert any(ln.startswith("ensemble: stale: train/resnet") for ln in lines)
+    assert flow.push(plan, wait=True, **kw) == 0
+    assert [(r, v) for _, r, v in fake.pushes][-2:] == [(ref("train/resnet"), 2), (ref("ensemble"), 2)]
+    t_ens = fake.pushes[-1][0]
+    assert t_ens >= fake.sessions[ref("train/resnet")][1]  # after resnet v2 was COMPLETE
+    state = record.load_state(plan)
+    assert state["kernels"]["ensemble"]["sources"] == {"train/convnext": 1, "train/resnet": 2}
+    assert flow.stale_sources(state, "ensemble") == []
+    assert flow.push(plan, wait=True, **kw) == 0 and len(fake.pushes) == 5  # nothing more to do
+
+
+def test_push_without_wait_fills_the_free_sessions_and_says_who_waits(fake, tmp_path):
+    plan = _real_plan(tmp_path)
+    lines = []
+    assert flow.push(plan, log=lines.append, sleep=Sleeps(), out=io.StringIO()) == 0
+    assert len(fake.calls("SaveKernel")) == 2
+    waits = [ln for ln in lines if "waits (" in ln]
+    assert len(waits) == 8 and "waits (GPU sessions busy (2 of 2))" in waits[0]
+    assert waits[-1].startswith("ensemble: waits (needs train/convnext_res_224")
+
+
+# ---- `pipeline.py plan`: weekly GPU quota and the fan-out's wall clock ------------------------------------------
+def _probed(plan, s_per_img):
+    """A probe.json for `plan`: every run fits at accum 2 and trains at `s_per_img` seconds an image."""
+    pj = plan.job("probe")
+    trials = [{"accum": a, "bs": 64 // a, "status": "ok", "peak_reserved_gb": 10.0, "peak_allocated_gb": None,
+               "s_per_img": s_per_img, "s_per_img_infer": None, "seconds": 1.0, "error": ""} for a in (1, 2)]
+    runs = {n: {"spec": spec, "trials": trials, "accum": 1, "reason": ""} for n, spec in pj.params["runs"].items()}
+    res = probe.probe_result(runs, {"device": "Tesla T4", "gpu_measured": True},
+                             {"n_train": 9367, "n_holdout": 1040, "n_test": 3469},
+                             {k: pj.params[k] for k in ("gpu_budget_gb", "margin_gb", "time_budget_h")}, 60.0)
+    probe.save_probe(pj.out_dir, res)
+
+
+def test_plan_checks_the_weekly_gpu_quota_and_prints_the_fan_out_wall_clock(tmp_path):
+    """The real plan: 9 GPU kernels. (Its total also overflows the one-session time_budget_h check, which
+    --override passes here: on Kaggle each run has a session of its own.)"""
+    plan = _real_plan(tmp_path)
+    _probed(plan, 0.1)
+    lines = []
+    assert budget.check_plan(plan, override=True, log=lines.append) == 0
+    assert "weekly_gpu_hours" not in lines[-1]  # within the quota
+    rows, _, _ = budget.plan_rows(plan)
+    total, longest = sum(r["seconds"] for r in rows), max(r["seconds"] for r in rows)
+    assert len(rows) == 9 and 20 * 3600 < total < 30 * 3600
+    assert any(ln.startswith("kaggle: internet on (file competition: timm fetches pretrained weights from its hub")
+               for ln in lines)
+    (fan,) = [ln for ln in lines if ln.startswith("kaggle: 9 GPU kernels")]
+    gpu_h, wall_h = re.fullmatch(r"kaggle: 9 GPU kernels, ([\d.]+) GPU h of weekly_gpu_hours 30; ([\d.]+) h wall "
+                                 r"clock at 2 at once \(max_gpu_sessions\), then the ensemble", fan).groups()
+    assert float(gpu_h) == round(total / 3600, 2)
+    assert total / 2 / 3600 - 0.01 <= float(wall_h) <= (total / 2 + longest) / 3600
+    _probed(plan, 0.15)  # ~40 GPU hours: more than a week's quota
+    with pytest.raises(RoadtopError, match=r"GPU h > kaggle.weekly_gpu_hours 30 \(split the plan over two weeks"):
+        budget.check_plan(plan, log=lambda s: None)
+    plan.kaggle["max_gpu_sessions"] = 1
+    plan.kaggle["weekly_gpu_hours"] = 50
+    lines.clear()
+    assert budget.check_plan(plan, override=True, log=lines.append) == 0
+    assert "weekly_gpu_hours" not in lines[-1]
+    (fan,) = [ln for ln in lines if ln.startswith("kaggle: 9 GPU kernels")]
+    assert fan.endswith("h wall clock at 1 at once (max_gpu_sessions), then the ensemble")
+    assert f"{budget.plan_rows(plan)[0][-1]['cumulative'] / 3600 - 60 / 3600:.2f} h wall clock" in fan
+
+
+def test_a_run_whose_sources_are_not_on_kaggle_is_refused_before_any_push(plan, fake):
+    with pytest.raises(RoadtopError, match="^ensemble: none of the runs it reads is sent to Kaggle"):
+        flow.push(plan, runs=["ensemble"], wait=True, log=lambda s: None, sleep=Sleeps(), out=io.StringIO())
+    assert fake.calls("SaveKernel") == []
+
+
+def test_the_live_table_is_redrawn_below_a_log_line_not_over_it(plan, fake):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    fake.set_statuses(ref("train/convnext"), "RUNNING", "COMPLETE")
+    fake.set_statuses(ref("train/resnet"), "RUNNING", "COMPLETE")
+    fake.set_statuses(ref("ensemble"), "COMPLETE")
+    out = Tty()
+    assert flow.push(plan, wait=True, log=lambda s: out.write(s + "\n"), sleep=Sleeps(), out=out) == 0
+    text = out.getvalue()
+    pushed = text.index("ensemble: pushed")
+    assert "\x1b[" not in text[pushed:text.index("\n", pushed) + 40]  # the next table does not move over it
+    assert text.count("\x1b[4F\x1b[J") >= 1  # between polls without news it redraws in place

@@ -185,6 +185,7 @@ def check_plan(plan, override: bool = False, log=print) -> int:
     if unfit:
         problems.append(f"run(s) {', '.join(unfit)} do not fit {budget:g} GiB at their accum (use accum: auto or "
                         f"a larger accum)")
+    problems += kaggle_budget(plan, rows, hours, log)
     if problems and not override:
         raise RoadtopError(f"plan {plan.name} refused: {'; '.join(problems)}; --override runs it anyway")
     if problems:
@@ -192,3 +193,44 @@ def check_plan(plan, override: bool = False, log=print) -> int:
     else:
         log("within budget: OK")
     return 0
+
+
+# ---- Kaggle: the fan-out of the training runs as GPU kernels ----------------------------------------------------
+MAX_GPU_SESSIONS = 2  # batch GPU sessions an account runs at once ("Maximum batch GPU session count of 2 reached")
+WEEKLY_GPU_HOURS = 30.0  # Kaggle's weekly GPU quota per account (it floats around 30 h)
+__all__ += ["MAX_GPU_SESSIONS", "WEEKLY_GPU_HOURS", "kaggle_budget", "kaggle_internet"]
+
+
+def kaggle_internet(setting="auto", code_competition: bool = False) -> tuple:
+    """(internet on?, why) for Kaggle kernels: `setting` true/false forces it; auto follows the competition kind."""
+    if setting is True or setting is False:
+        return setting, f"kaggle.internet: {str(setting).lower()}"
+    if code_competition:
+        return False, "code competition: submitted kernels must run offline, pretrained weights come from a dataset"
+    return True, "file competition: timm fetches pretrained weights from its hub, no weights dataset needed"
+
+
+def kaggle_budget(plan, rows, session_h: float, log=print) -> list:
+    """Print the Kaggle fan-out of `rows` (one GPU kernel each): internet, GPU hours against the weekly quota,
+    wall clock under the session cap; problems (only for a plan with a `kaggle:` section) as strings."""
+    k = getattr(plan, "kaggle", None) or {}
+    cap, weekly = int(k.get("max_gpu_sessions", MAX_GPU_SESSIONS)), float(k.get("weekly_gpu_hours", WEEKLY_GPU_HOURS))
+    on, why = kaggle_internet(k.get("internet", "auto"), bool(k.get("code_competition", False)))
+    secs = [r["seconds"] for r in rows if not math.isnan(r["seconds"])]
+    slots = [0.0] * max(1, cap)
+    for s in secs:  # in plan order, each kernel starts when a session frees up
+        slots[slots.index(min(slots))] += s
+    total = sum(secs)
+    log(f"kaggle: internet {'on' if on else 'off'} ({why})")
+    log(f"kaggle: {len(rows)} GPU kernels, {total / 3600:.2f} GPU h of weekly_gpu_hours {weekly:g}; "
+        f"{max(slots) / 3600:.2f} h wall clock at {cap} at once (max_gpu_sessions), then the ensemble")
+    if not k:
+        return []
+    problems = []
+    if total > weekly * 3600:
+        problems.append(f"est. {total / 3600:.2f} GPU h > kaggle.weekly_gpu_hours {weekly:g} (split the plan "
+                        f"over two weeks with --runs, or drop runs)")
+    long = [r["run"] for r in rows if r["seconds"] > session_h * 3600]
+    if long:
+        problems.append(f"run(s) {', '.join(long)} alone exceed one {session_h:g} h Kaggle session")
+    return problems

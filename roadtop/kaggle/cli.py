@@ -1,4 +1,4 @@
-"""`pipeline.py kaggle push | status | collect | submit | weights`."""
+"""`pipeline.py kaggle run | push | status | collect | submit | weights`."""
 
 import argparse
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 from ..dag.plan import load_plan
 from ..errors import RoadtopError
 from .datasets import package_weights
-from .flow import collect, push, status, submit
+from .flow import collect, push, run, status, submit
 from .settings import settings
 
 __all__ = ["add_subcommands"]
@@ -18,8 +18,17 @@ def _plan(args):
 
 
 def _cmd_push(args) -> int:
-    """`kaggle push`."""
+    """`kaggle push` (with --wait --submit: as `kaggle run --submit`)."""
+    if args.submit and not args.dry_run:
+        if not args.wait:
+            raise RoadtopError("push --submit needs --wait (or use `pipeline.py kaggle run --submit`)")
+        return run(_plan(args), args.runs, force=args.force, submit_it=True, message=args.message)
     return push(_plan(args), args.runs, force=args.force, wait=args.wait, dry_run=args.dry_run)
+
+
+def _cmd_run(args) -> int:
+    """`kaggle run`: the whole plan."""
+    return run(_plan(args), args.runs, force=args.force, submit_it=args.submit, message=args.message)
 
 
 def _cmd_status(args) -> int:
@@ -50,19 +59,30 @@ def _cmd_weights(args) -> int:
 
 
 def add_subcommands(parser):
-    """Add push/status/collect/submit/weights under `parser` (pipeline.py's `kaggle`), each with func(args)
+    """Add run/push/status/collect/submit/weights under `parser` (pipeline.py's `kaggle`), each with func(args)
     -> exit code. Failures raise RoadtopError (one line), which pipeline.py prints."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default=argparse.SUPPRESS, help="plan YAML (default: params/demo.yaml)")
     common.add_argument("--out", default=argparse.SUPPRESS, help="output folder (default: the plan's)")
     runs = argparse.ArgumentParser(add_help=False)
     runs.add_argument("--runs", nargs="+", metavar="NAME", help="run names or globs, e.g. 'train/*' ensemble")
-    sub = parser.add_subparsers(dest="kaggle_cmd", metavar="{push,status,collect,submit,weights}",
+    sub = parser.add_subparsers(dest="kaggle_cmd", metavar="{run,push,status,collect,submit,weights}",
                                 required=True)
 
-    p = sub.add_parser("push", parents=[common, runs], help="push each run as a Kaggle kernel (internet off)")
+    p = sub.add_parser("run", parents=[common, runs], help="the whole plan: push under the GPU session cap "
+                       "until all end, collect, (--submit) submit; rerun to resume")
+    p.add_argument("--force", action="store_true", help="push new versions even if nothing changed")
+    p.add_argument("--submit", action="store_true", help="submit the ensemble once everything is COMPLETE")
+    p.add_argument("--message", "-m", help="submission description")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("push", parents=[common, runs], help="push each run as a Kaggle kernel, at most "
+                       "kaggle.max_gpu_sessions GPU kernels at once")
     p.add_argument("--force", action="store_true", help="push a new version even if nothing changed")
-    p.add_argument("--wait", action="store_true", help="poll; push runs that need others once those COMPLETE")
+    p.add_argument("--wait", action="store_true", help="keep polling and pushing (free GPU sessions, runs "
+                   "whose sources COMPLETE) until every kernel has ended")
+    p.add_argument("--submit", action="store_true", help="with --wait: collect, then submit the ensemble")
+    p.add_argument("--message", "-m", help="submission description (--submit)")
     p.add_argument("--dry-run", action="store_true", help="only build the kernel folders under outputs/")
     p.set_defaults(func=_cmd_push)
 

@@ -1,19 +1,27 @@
 """Calls to Kaggle through the official `kaggle` client: credentials, retries with backoff, one-line errors."""
 
 import io
+import json
 import os
 import sys
 import time
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import requests
 import urllib3
-from kaggle.api.kaggle_api_extended import KaggleApi
+
+with redirect_stdout(io.StringIO()):  # `import kaggle` logs in at once and prints a page-long login banner
+    from kaggle.api.kaggle_api_extended import KaggleApi  # when there are no credentials: one line is ours
+from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 
 from ..errors import RoadtopError
 from .settings import KaggleSettings
 
-__all__ = ["KaggleCallError", "connect", "api_username", "call_kaggle"]
+__all__ = ["KaggleCallError", "api_username", "call_kaggle", "connect", "kernel_version", "offline_username"]
+
+NO_CREDENTIALS = ("no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_KEY, put kaggle.json in ~/.kaggle/ "
+                  "(chmod 600), or set KAGGLE_API_TOKEN (kaggle.com > Settings > API)")
 
 
 class KaggleCallError(RoadtopError):
@@ -25,21 +33,40 @@ class KaggleCallError(RoadtopError):
         self.code = code
 
 
-def connect():
-    """An authenticated `KaggleApi`: KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json."""
-    api = KaggleApi()
+def _config_dir() -> str:
+    """The kaggle client's config folder: KAGGLE_CONFIG_DIR, ~/.kaggle, else $XDG_CONFIG_HOME/kaggle."""
     cfg_dir = os.environ.get("KAGGLE_CONFIG_DIR") or os.path.expanduser("~/.kaggle")
     if not os.environ.get("KAGGLE_CONFIG_DIR") and not os.path.isdir(cfg_dir):
         cfg_dir = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")
+    return cfg_dir
+
+
+def offline_username() -> str:
+    """The Kaggle user named by the local credentials, without a call: KAGGLE_USERNAME, kaggle.json, or the
+    username that `kaggle auth login` stored beside its token (~/.kaggle/credentials.json); "" if none."""
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    for f in (Path(_config_dir()) / "kaggle.json", Path("~/.kaggle/credentials.json").expanduser()):
+        try:
+            user = json.loads(f.read_text()).get("username") or ""
+        except (OSError, ValueError, AttributeError):
+            continue
+        if user:
+            return user
+    return ""
+
+
+def connect():
+    """An authenticated `KaggleApi`: KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json."""
+    api = KaggleApi()
+    cfg_dir = _config_dir()
     api.config_dir, api.config = cfg_dir, os.path.join(cfg_dir, "kaggle.json")  # the client's rule, now
     buf = io.StringIO()
     try:
         with redirect_stdout(buf):
             api.authenticate()
     except SystemExit:
-        raise RoadtopError("no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_KEY, put kaggle.json "
-                           "in ~/.kaggle/ (chmod 600), or set KAGGLE_API_TOKEN (kaggle.com > Settings > API)"
-                           ) from None
+        raise RoadtopError(NO_CREDENTIALS) from None
     except requests.RequestException as e:
         code, msg = _http_error(e)
         raise KaggleCallError(f"kaggle: checking the credentials failed ({code or 'no answer'}: {msg})",
@@ -52,6 +79,21 @@ def connect():
 def api_username(api) -> str:
     """The user the credentials belong to."""
     return (getattr(api, "config_values", None) or {}).get("username", "")
+
+
+def kernel_version(api, ref: str):
+    """The current version number of kernel `ref` on Kaggle (GetKernel), None when it does not exist."""
+    owner, slug = ref.split("/", 1)
+    req = ApiGetKernelRequest()
+    req.user_name, req.kernel_slug = owner, slug
+    try:
+        with api.build_kaggle_client() as kaggle:
+            resp = kaggle.kernels.kernels_api_client.get_kernel(req)
+    except requests.HTTPError as e:
+        if e.response is not None and e.response.status_code == 404:
+            return None
+        raise
+    return getattr(resp.metadata, "current_version_number", None) if resp.metadata else None
 
 
 def _http_error(e):
@@ -84,10 +126,12 @@ def _retry_after(e):
         return None
 
 
-def call_kaggle(fn, *args, run: str, what: str, st=None, hint="", sleep=time.sleep, log=print, **kw):
+def call_kaggle(fn, *args, run: str, what: str, st=None, hint="", sleep=time.sleep, log=print, recover=None,
+                **kw):
     """`fn(*args, **kw)`, retried with exponential backoff (or Retry-After) on 429/5xx/no answer; any other
     failure is a KaggleCallError whose one line names the run, what failed and what to do (`hint`, a str or
-    {403: ..., 404: ...})."""
+    {403: ..., 404: ...}). `recover(code)`, asked after a 5xx or no answer (the call may have been done), returns
+    the call's result if it was, else None: then it is retried."""
     st = st or KaggleSettings()
     for attempt in range(st.retries + 1):
         try:
@@ -98,6 +142,10 @@ def call_kaggle(fn, *args, run: str, what: str, st=None, hint="", sleep=time.sle
                 if isinstance(e, (ValueError, OSError)):  # the client's own checks, e.g. a bad metadata file
                     raise KaggleCallError(f"{run}: {what} failed: {msg}") from None
                 raise
+            if recover is not None and (code is None or code >= 500):
+                done = recover(code)
+                if done is not None:
+                    return done
             if (code is None or code == 429 or code >= 500) and attempt < st.retries:
                 delay = _retry_after(e)
                 delay = min(300.0, st.backoff * 2**attempt if delay is None else delay)

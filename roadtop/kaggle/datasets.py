@@ -13,7 +13,7 @@ from ..weights import WEIGHT_EXTS, find_weights, weight_name
 from .client import KaggleCallError, call_kaggle, connect
 from .settings import KaggleSettings, kernel_title
 
-__all__ = ["package_weights"]
+__all__ = ["package_weights", "wait_ready"]
 
 
 def package_weights(src, dataset: str, archs=None, upload: bool = True, api=None, st=None, dest=None,
@@ -54,13 +54,7 @@ def package_weights(src, dataset: str, archs=None, upload: bool = True, api=None
         return folder
     api = api or connect()
     kw = {"run": "weights", "st": st, "log": log, "sleep": sleep}
-    try:
-        call_kaggle(api.dataset_status, dataset, what=f"status of dataset {dataset}", **kw)
-        exists = True
-    except KaggleCallError as e:
-        if e.code != 404:
-            raise
-        exists = False
+    exists = _status(api, dataset, kw) is not None
     if exists:
         resp = call_kaggle(api.dataset_create_version, str(folder), "roadtop weights", quiet=True,
                            what=f"new version of dataset {dataset}", **kw)
@@ -70,5 +64,37 @@ def package_weights(src, dataset: str, archs=None, upload: bool = True, api=None
     if getattr(resp, "error", None):
         raise KaggleCallError(f"weights: Kaggle refused dataset {dataset}: {resp.error}")
     log(f"weights: dataset {dataset} {'updated' if exists else 'created'} ({getattr(resp, 'url', '')}); "
-        f"set kaggle.weights_dataset: {dataset} in the plan")
+        f"waiting until Kaggle has processed it")
+    wait_ready(api, dataset, st, log=log, sleep=sleep)
+    log(f"weights: dataset {dataset} is ready; set kaggle.weights_dataset: {dataset} in the plan")
     return folder
+
+
+def _status(api, dataset: str, kw: dict):
+    """Kaggle's processing status of your dataset (lower case, e.g. 'ready'), None when it does not exist.
+    GetDatasetStatus answers a dataset that does not exist with 403 "Permission 'datasets.get' was denied" (the
+    message format of Kaggle/kaggle-cli#642), or 404 (Kaggle/kaggle-cli#368): both mean "create it"."""
+    try:
+        return str(call_kaggle(api.dataset_status, dataset, what=f"status of dataset {dataset}", **kw)).lower()
+    except KaggleCallError as e:
+        if e.code in (403, 404):
+            return None
+        raise
+
+
+def wait_ready(api, dataset: str, st=None, log=print, sleep=time.sleep, polls: int = 120) -> None:
+    """Poll your dataset until Kaggle has processed it (status 'ready'): a kernel pushed before then runs
+    without it. A brand-new dataset may still answer 403/404 at first."""
+    st = st or KaggleSettings()
+    kw = {"run": "weights", "st": st, "log": log, "sleep": sleep}
+    delay = max(1.0, min(st.poll_interval, 30.0))
+    for _ in range(polls):
+        s = _status(api, dataset, kw)
+        if s == "ready":
+            return
+        if s in ("failed", "deleted"):
+            raise KaggleCallError(f"weights: Kaggle could not process dataset {dataset} ({s}): run "
+                                  "`pipeline.py kaggle weights` again")
+        sleep(delay)
+    raise KaggleCallError(f"weights: dataset {dataset} is still processing after {polls} polls: `pipeline.py "
+                          "kaggle push` waits for it before pushing the kernels that read it")

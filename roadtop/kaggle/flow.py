@@ -2,31 +2,55 @@
 
 import fnmatch
 import json
-import os
 import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
+from ..dag.stages import stage
 from ..errors import RoadtopError
 from ..paths import KAGGLE_WORKING, atomic_write
-from .client import KaggleCallError, api_username, call_kaggle, connect
-from .kernels import Kernel, build_kernels, kaggle_out, select_jobs
+from .client import KaggleCallError, api_username, call_kaggle, connect, kernel_version, offline_username
+from .kernels import Kernel, build_kernels, fingerprint, gpu_kernel, kaggle_out, select_jobs
 from .record import load_state, save_state
-from .settings import settings
+from .settings import internet_on, settings
 
-__all__ = ["TERMINAL", "MARKER", "push", "refresh", "status_table", "status", "collect", "submit"]
+__all__ = [
+    "ACTIVE",
+    "MARKER",
+    "SESSION_CAP",
+    "TERMINAL",
+    "SlotBusy",
+    "collect",
+    "push",
+    "refresh",
+    "run",
+    "stale_sources",
+    "status",
+    "status_table",
+    "submit",
+]
 
 
-TERMINAL = ("COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED")  # TERMINAL[1:]: ended badly
+TERMINAL = ("COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED", "FAILED")  # TERMINAL[1:]: ended badly
+ACTIVE = ("QUEUED", "RUNNING")  # a kernel that holds one of the account's sessions
+# FAILED is ours, not Kaggle's: a version Kaggle took but that cannot do its job (it lost a source), kept until
+# the run is pushed again.
 
 
 MARKER = "kaggle-kernel.json"  # written into a run's out_dir when `collect` installs a kernel's output there
 
 
+# The refusal of a GPU kernel beyond the account's batch GPU sessions, in SaveKernel's `error` field (HTTP 200):
+# "Maximum batch GPU session count of 2 reached." (Kaggle/kaggle-cli#185 shows the CLI printing it as
+# "Kernel push error: ..."; adapter-hub/playground#4 handles the same text).
+SESSION_CAP = "maximum batch gpu session count"
 
 
+class SlotBusy(KaggleCallError):
+    """Kaggle refused a GPU kernel because the account's GPU sessions are all taken: retry when one frees."""
 
 
 def _now() -> str:
@@ -34,95 +58,224 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _saved(version, url):
+    """What SaveKernel would have answered, for a version found after the answer was lost (5xx)."""
+    return SimpleNamespace(version_number=version, url=url, error="", invalid_dataset_sources=[],
+                           invalid_competition_sources=[], invalid_kernel_sources=[])
+
+
 def _push_one(api, plan, k: Kernel, st, state, log, sleep):
-    """Push kernel folder `k` (`kernels_push`, as `kaggle kernels push` does) and record the new version."""
-    srcs = ", ".join([st.competition, *k.meta["dataset_sources"], *k.meta["kernel_sources"]])
+    """Push kernel folder `k` (`kernels_push`, as `kaggle kernels push` does) and record the new version; a
+    version that lost a source is recorded FAILED with the cause (and raised), a full GPU quota is SlotBusy."""
+    srcs = ", ".join([*k.meta["competition_sources"], *k.meta["dataset_sources"], *k.meta["kernel_sources"]])
     hint = {403: f"accept the rules at https://www.kaggle.com/competitions/{st.competition}/rules and check "
                  f"that {k.ref.split('/')[0]} owns {k.ref} and may use {srcs}",
             404: f"one of {srcs} does not exist: check kaggle.* in the plan"}
+    before = state["kernels"].get(k.name, {}).get("version")
+    kw = {"run": k.name, "st": st, "log": log, "sleep": sleep}
+
+    def recover(code):
+        """After a 5xx/no answer: the version SaveKernel made anyway, if it made one (never push twice)."""
+        now = call_kaggle(kernel_version, api, k.ref, what=f"version check of {k.ref}", **kw)
+        if now is None or now == before:
+            return None
+        log(f"{k.name}: Kaggle answered {code or 'nothing'} to the push, but {k.ref} has a new version {now}: "
+            "recorded it, not pushed again")
+        return _saved(now, f"https://www.kaggle.com/code/{k.ref}")
+
     resp = call_kaggle(api.kernels_push, str(k.folder), timeout=str(st.timeout) if st.timeout else None,
-                       run=k.name, what=f"push of {k.ref}", st=st, log=log, sleep=sleep, hint=hint)
-    if resp is None or getattr(resp, "error", ""):
-        why = getattr(resp, "error", "") or "no answer"
+                       what=f"push of {k.ref}", hint=hint, recover=recover, **kw)
+    why = getattr(resp, "error", "") if resp is not None else "no answer"
+    if why and SESSION_CAP in why.lower():
+        raise SlotBusy(f"{k.name}: Kaggle runs no more GPU sessions for this account now ({why.strip()})")
+    if why:
         raise KaggleCallError(f"{k.name}: Kaggle refused the push of {k.ref}: {why}")
-    state["kernels"][k.name] = {
-        "ref": k.ref, "slug": k.slug, "folder": str(k.folder), "version": resp.version_number,
-        "url": resp.url, "sha": k.sha, "pushed_at": _now(), "status": "QUEUED", "failure": "",
-        "checked_at": "",
-    }
-    save_state(plan, state)
+    fp, versions = fingerprint(k, state)
+    rec = {"ref": k.ref, "slug": k.slug, "folder": str(k.folder), "version": resp.version_number,
+           "url": resp.url, "sha": fp, "sources": versions, "gpu": gpu_kernel(k), "pushed_at": _now(),
+           "status": "QUEUED", "failure": "", "checked_at": "", "running_since": ""}
+    # SaveKernel drops a source it cannot attach (a dataset still processing, a wrong name) and still runs the
+    # version, listing it under invalidDatasetSources (Kaggle/kaggle-cli#433: "The following are not valid
+    # dataset sources and could not be added to the kernel: [...]" then "Kernel version 179 successfully pushed")
     bad = [s for attr in ("invalid_dataset_sources", "invalid_competition_sources", "invalid_kernel_sources")
            for s in (getattr(resp, attr, None) or [])]
     if bad:
-        raise KaggleCallError(f"{k.name}: pushed {k.ref} v{resp.version_number}, but Kaggle does not know "
-                              f"the sources {bad}: fix kaggle.* in the plan")
+        cause = (f"Kaggle could not attach {', '.join(bad)} (still processing, or no such source): the version "
+                 f"would run without it; wait until it is ready (kaggle datasets status), then push again")
+        rec.update(status="FAILED", failure=cause, sha="")
+        state["kernels"][k.name] = rec
+        save_state(plan, state)
+        err = KaggleCallError(f"{k.name}: {k.ref} v{resp.version_number} not counted as pushed: {cause}")
+        err.cause = cause
+        raise err
+    state["kernels"][k.name] = rec
+    save_state(plan, state)
     log(f"{k.name}: pushed {k.ref} version {resp.version_number} ({resp.url})")
 
 
-def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool = False, api=None,
-         log=print, sleep=time.sleep) -> int:
-    """Build and push a kernel per run; a run that needs others goes once they are COMPLETE (`wait`: poll
-    until then). A run already pushed with the same content is skipped unless `force`. Returns exit code."""
-    st = settings(plan)
-    jobs = select_jobs(plan, runs, st)
-    state = load_state(plan)
-    if dry_run:
-        user = st.username or os.environ.get("KAGGLE_USERNAME", "")
-        if not user:
-            raise RoadtopError(f"push --dry-run needs the owner: set kaggle.username in {plan.source} "
-                               "(or KAGGLE_USERNAME)")
-        for k in build_kernels(plan, jobs, user, st, state, log=log):
-            log(f"{k.name}: kernel folder {k.folder} (not pushed: --dry-run)")
-        return 0
-    api = api or connect()
-    kernels = build_kernels(plan, jobs, st.username or api_username(api), st, state, log=log)
-    rc, todo, failed = 0, [], set()
+def _dataset_ready(api, ds: str, st, log, sleep) -> str:
+    """'ready', 'missing' or Kaggle's processing status of one of your datasets. GetDatasetStatus answers a
+    dataset that does not exist (yet) with 403 "Permission 'datasets.get' was denied", not 404."""
+    try:
+        s = call_kaggle(api.dataset_status, ds, run="datasets", what=f"status of dataset {ds}", st=st, log=log,
+                        sleep=sleep)
+    except KaggleCallError as e:
+        if e.code in (403, 404):
+            return "missing"
+        raise
+    return str(s or "").lower()
+
+
+def _up_to_date(k: Kernel, state: dict) -> bool:
+    """True when `k` is recorded with this content and these source versions, and did not end badly."""
+    rec = state["kernels"].get(k.name)
+    return bool(rec) and rec.get("sha") == fingerprint(k, state)[0] and rec.get("status") not in TERMINAL[1:]
+
+
+def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep, live) -> int:
+    """Push `kernels` (needed runs first) keeping at most st.max_gpu_sessions GPU kernels queued/running;
+    a run that reads others goes when they are COMPLETE. `wait`: poll until every kernel has ended."""
+    todo, names = [], [k.name for k in kernels]
     for k in kernels:
-        rec = state["kernels"].get(k.name)
-        if rec and rec.get("sha") == k.sha and rec.get("status") not in TERMINAL[1:] and not force:
+        if force or not _up_to_date(k, state) or any(n in {t.name for t in todo} for n in k.needs):
+            todo.append(k)
+        else:
+            rec = state["kernels"][k.name]
             log(f"{k.name}: {k.ref} version {rec.get('version')} is already pushed with these parameters "
                 "(--force pushes a new version)")
-        else:
-            todo.append(k)
-    while todo:
-        in_todo = {k.name for k in todo}
-        blockers = sorted({n for k in todo for n in k.needs if n not in in_todo and n not in failed})
-        done = refresh(api, plan, blockers, st=st, state=state, log=log, sleep=sleep) if blockers else {}
-        waiting = []
-        for k in todo:
-            broken = [n for n in k.needs if n in failed or done.get(n, ("",))[0] in TERMINAL[1:]]
+    failed, notes, refusals, rc, cap = {}, {}, 0, 0, st.max_gpu_sessions
+    while True:
+        needed = {n for k in todo for n in k.needs}  # runs read by ours, pushed or not by this command
+        watch = [n for n, r in state["kernels"].items()  # and every GPU kernel of the plan that holds a session
+                 if (n in names or n in needed or r.get("gpu")) and r.get("status") in ACTIVE]
+        if watch:
+            refresh(api, plan, watch, st=st, state=state, log=log, sleep=sleep)
+        status_of = {n: r.get("status") for n, r in state["kernels"].items()}
+        busy = sum(1 for r in state["kernels"].values() if r.get("gpu") and r.get("status") in ACTIVE)
+        refused = progress = False
+        ready = {}
+        for k in list(todo):
+            queued = {t.name for t in todo}
+            broken = [n for n in k.needs if n in failed or (n not in queued and status_of.get(n) in TERMINAL[1:])]
             if broken:
-                why = "failed to push" if broken[0] in failed else f"ended in {done[broken[0]][0]} on Kaggle"
-                log(f"{k.name}: not pushed: {broken[0]} {why} (fix it, then `pipeline.py kaggle push` again)")
-                failed.add(k.name)
+                n = broken[0]
+                why = "could not be pushed" if n in failed else f"ended in {status_of[n]} on Kaggle"
+                failed[k.name] = f"{n} {why}"
+                log(f"{k.name}: not pushed: {n} {why} (fix it, then `pipeline.py kaggle push` again)")
+                todo.remove(k)
                 rc = 1
-            elif any(n in in_todo or done.get(n, ("",))[0] != "COMPLETE" for n in k.needs):
-                waiting.append(k)
-            else:
-                try:
-                    _push_one(api, plan, k, st, state, log, sleep)
-                except KaggleCallError as e:
-                    log(str(e))
-                    failed.add(k.name)
-                    rc = 1
-                    if e.code == 401:  # every further call would fail the same way
-                        return rc
-        stuck = len(waiting) == len(todo)
-        todo = waiting
-        if stuck and not wait:
-            for k in waiting:
-                pending = [f"{n} ({done.get(n, ('not pushed',))[0]})" for n in k.needs
-                           if done.get(n, ("",))[0] != "COMPLETE"]
-                log(f"{k.name}: waits for {', '.join(pending)} to COMPLETE on Kaggle; then rerun "
-                    "`pipeline.py kaggle push` (or push with --wait)")
-            return rc
-        if stuck:
-            sleep(st.poll_interval)
+                continue
+            pending = [n for n in k.needs if n in queued or status_of.get(n) != "COMPLETE"]
+            if pending:
+                notes[k.name] = f"needs {', '.join(pending)}"
+                continue
+            if not force and _up_to_date(k, state):
+                log(f"{k.name}: {k.ref} is already pushed with these parameters and sources")
+                todo.remove(k)
+                continue
+            mine = [d for d in k.meta["dataset_sources"] if d.split("/")[0] == user]  # status: own datasets only
+            for d in mine:
+                if d not in ready:
+                    ready[d] = _dataset_ready(api, d, st, log, sleep)
+            missing = [d for d in mine if ready[d] == "missing"]
+            if missing:
+                failed[k.name] = f"dataset {missing[0]} does not exist"
+                log(f"{k.name}: not pushed: dataset {missing[0]} does not exist on Kaggle: create it with "
+                    f"`pipeline.py kaggle weights FOLDER --dataset {missing[0]}`")
+                todo.remove(k)
+                rc = 1
+                continue
+            processing = [f"{d} ({ready[d]})" for d in mine if ready[d] != "ready"]
+            if processing:
+                notes[k.name] = f"dataset {processing[0]} is not ready"
+                continue
+            if gpu_kernel(k) and (refused or busy >= cap):
+                notes[k.name] = f"GPU sessions busy ({busy} of {cap})" if not refused else "Kaggle: GPU sessions busy"
+                continue
+            try:
+                _push_one(api, plan, k, st, state, log, sleep)
+            except SlotBusy as e:
+                refused, cap = True, busy or cap  # the account runs fewer than asked (or others hold them)
+                notes[k.name] = "Kaggle: GPU sessions busy"
+                if refusals == 0:
+                    log(f"{e}: the next GPU kernel goes when one of the {busy} running here ends")
+                continue
+            except KaggleCallError as e:
+                log(str(e))
+                failed[k.name] = getattr(e, "cause", "") or str(e).split(": ", 1)[-1]
+                todo.remove(k)
+                rc = 1
+                if e.code == 401:  # every further call would fail the same way
+                    return rc
+                continue
+            todo.remove(k)
+            notes.pop(k.name, None)
+            progress = True
+            busy += gpu_kernel(k)
+        refusals = refusals + 1 if refused and not busy else 0  # none of ours runs: others hold the sessions
+        live.show(*status_table(state, names, notes={k.name: notes.get(k.name, "") for k in todo},
+                                failed=failed))
+        running = [n for n in names if state["kernels"].get(n, {}).get("status") in ACTIVE]
+        if not todo and (not wait or not running):
+            break
+        if not wait:
+            if progress:
+                continue
+            for k in todo:
+                log(f"{k.name}: waits ({notes.get(k.name, '')}); rerun `pipeline.py kaggle push` later, or "
+                    "`push --wait` / `kaggle run` to keep going")
+            break
+        sleep(min(st.poll_interval * 2 ** max(0, refusals - 1), 1800.0))  # backs off while others hold them
+    if wait and any(state["kernels"].get(n, {}).get("status") in TERMINAL[1:] for n in names):
+        rc = 1
     return rc
 
 
+def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool = False, api=None,
+         log=print, sleep=time.sleep, out=None) -> int:
+    """Build and push a kernel per run, at most kaggle.max_gpu_sessions GPU kernels at once; a run that reads
+    others goes once they are COMPLETE (`wait`: keep polling and pushing until every kernel has ended). A run
+    already pushed with the same content and source versions is skipped unless `force`. Returns exit code."""
+    st = settings(plan)
+    jobs = select_jobs(plan, runs, st)
+    state = load_state(plan)
+    online, why = internet_on(st)
+    if dry_run:
+        user = st.username or offline_username()
+        if not user:
+            raise RoadtopError(f"push --dry-run needs the owner: set kaggle.username in {plan.source}, "
+                               "KAGGLE_USERNAME, or ~/.kaggle/kaggle.json")
+        built = build_kernels(plan, jobs, user, st, state, log=log)
+        log(f"kaggle: internet {'on' if online else 'off'} ({why})")
+        for k in built:
+            log(f"{k.name}: kernel folder {k.folder} (not pushed: --dry-run)")
+        return 0
+    api = api or connect()
+    user = st.username or api_username(api)
+    kernels = build_kernels(plan, jobs, user, st, state, log=log)
+    log(f"kaggle: internet {'on' if online else 'off'} ({why}); at most {st.max_gpu_sessions} GPU kernels at once")
+    live = _Live(out or sys.stdout)
+    return _schedule(api, plan, kernels, st, state, force, wait, user, live.below(log), sleep, live)
+
+
+def run(plan, runs=None, force: bool = False, submit_it: bool = False, message=None, api=None, log=print,
+        sleep=time.sleep, out=None) -> int:
+    """The whole plan on Kaggle: push under the session cap until every kernel has ended, collect the outputs,
+    then (`submit_it`) submit the ensemble. Interrupted, it resumes from kernels.json without re-pushing."""
+    api = api or connect()
+    rc = push(plan, runs, force=force, wait=True, api=api, log=log, sleep=sleep, out=out)
+    if rc:
+        log("kaggle run: some kernels failed (table above): fix them and rerun `pipeline.py kaggle run`")
+        return rc
+    rc = collect(plan, runs, api=api, log=log, sleep=sleep)
+    if rc or not submit_it:
+        return rc
+    return submit(plan, message, api=api, log=log, sleep=sleep)
+
+
 def refresh(api, plan, names, st=None, state=None, log=print, sleep=time.sleep) -> dict:
-    """Ask Kaggle for the status of the kernels of runs `names` and record it: run -> (status, message)."""
+    """Ask Kaggle for the status of the kernels of runs `names` and record it: run -> (status, message). A
+    version recorded FAILED (lost a source) keeps that verdict until the run is pushed again."""
     st = st or settings(plan)
     state = state if state is not None else load_state(plan)
     out = {}
@@ -130,11 +283,16 @@ def refresh(api, plan, names, st=None, state=None, log=print, sleep=time.sleep) 
         rec = state["kernels"].get(n)
         if rec is None:
             raise RoadtopError(f"{n}: was never pushed to Kaggle: run `pipeline.py kaggle push --runs {n}`")
+        if rec.get("status") == "FAILED":
+            out[n] = ("FAILED", rec.get("failure", ""))
+            continue
         hint = {403: f"{rec['ref']} must belong to the account of these credentials",
                 404: f"push it first (pipeline.py kaggle push --runs {n})"}
         resp = call_kaggle(api.kernels_status, rec["ref"], run=n, what=f"status of {rec['ref']}", st=st,
                            log=log, sleep=sleep, hint=hint)
         s = getattr(resp.status, "name", str(resp.status or "UNKNOWN")).upper()
+        if s == "RUNNING" and rec.get("status") != "RUNNING":
+            rec["running_since"] = _now()
         rec.update(status=s, failure=resp.failure_message or "", checked_at=_now())
         out[n] = (s, rec["failure"])
     save_state(plan, state)
@@ -152,20 +310,55 @@ def _pushed(plan, state: dict, runs=None) -> list:
     return [n for n in names if not runs or any(fnmatch.fnmatchcase(n, pat) for pat in runs)]
 
 
-def status_table(state: dict, names) -> list:
-    """Lines of the status table: run, kernel, version, status, time since the push."""
-    rows = [("RUN", "KERNEL", "VER", "STATUS", "SINCE PUSH")]
-    now = datetime.now(timezone.utc)
+def stale_sources(state: dict, name: str) -> list:
+    """The runs whose kernel has a newer version than the one run `name` was pushed to read."""
+    rec = state["kernels"].get(name, {})
+    return [n for n, v in (rec.get("sources") or {}).items() if state["kernels"].get(n, {}).get("version") != v]
+
+
+def _elapsed(since: str) -> str:
+    """h:mm:ss since ISO time `since`, or '?'."""
+    try:
+        secs = max(0, int((datetime.now(timezone.utc) - datetime.fromisoformat(since)).total_seconds()))
+    except (TypeError, ValueError):
+        return "?"
+    return f"{secs // 3600}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+
+
+def _phase(state: dict, n: str, notes: dict, failed: dict) -> tuple:
+    """(word, detail) for run `n` in the live table: waiting / queued / running / complete / error / failed."""
+    r = state["kernels"].get(n)
+    if n in failed:
+        return "failed", failed[n]
+    if n in notes:
+        return "waiting", notes[n] or "its turn"
+    if r is None:
+        return "not pushed", ""
+    s = r.get("status", "?")
+    stale = stale_sources(state, n)
+    extra = f"; stale: {', '.join(stale)} pushed anew since" if stale else ""
+    if s == "RUNNING":
+        return "running", _elapsed(r.get("running_since") or r.get("pushed_at")) + extra
+    if s in ("ERROR", "FAILED"):
+        return s.lower(), (r.get("failure") or "no message") + extra
+    if s.startswith("CANCEL"):
+        return "cancelled", extra.lstrip("; ")
+    return s.lower(), extra.lstrip("; ")
+
+
+def status_table(state: dict, names, notes=None, failed=None) -> tuple:
+    """(lines, key) of the status table: run, kernel, version, state (waiting / queued / running (elapsed) /
+    complete / error (cause), stale when a run it reads was pushed anew); `key` ignores the clock."""
+    notes, failed = notes or {}, failed or {}
+    rows, key = [("RUN", "KERNEL", "VER", "STATE")], []
     for n in names:
-        r = state["kernels"][n]
-        try:
-            secs = int((now - datetime.fromisoformat(r["pushed_at"])).total_seconds())
-            since = f"{secs // 3600}:{secs // 60 % 60:02d}:{secs % 60:02d}"
-        except (KeyError, ValueError):
-            since = "?"
-        rows.append((n, r["ref"], str(r.get("version", "")), r.get("status", "?"), since))
+        r = state["kernels"].get(n, {})
+        word, detail = _phase(state, n, notes, failed)
+        rows.append((n, r.get("ref", "-"), str(r.get("version", "-")), f"{word} ({detail})" if detail else word))
+        key.append((n, word, detail if word != "running" else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return lines, tuple(key)
 
 
 class _Live:
@@ -187,6 +380,14 @@ class _Live:
         self.out.flush()
         self.lines, self.key = lines, key
 
+    def below(self, log):
+        """`log`, after which the table is drawn anew below the line instead of over it."""
+        def logged(msg):
+            """Log `msg`; the next drawing starts under it."""
+            log(msg)
+            self.lines = []
+        return logged
+
 
 def status(plan, runs=None, once: bool = False, interval=None, api=None, out=None, log=print,
            sleep=time.sleep) -> int:
@@ -197,15 +398,20 @@ def status(plan, runs=None, once: bool = False, interval=None, api=None, out=Non
     names = _pushed(plan, state, runs)
     api = api or connect()
     live, reported = _Live(out or sys.stdout), set()
+    log = live.below(log)
     while True:
         now = refresh(api, plan, names, st=st, state=state, log=log, sleep=sleep)
-        live.show(status_table(state, names), key=tuple(sorted(now.items())))
+        live.show(*status_table(state, names))
         for n, (s, msg) in now.items():
             if s in TERMINAL[1:] and n not in reported:
                 reported.add(n)
                 log(f"{n}: kernel {state['kernels'][n]['ref']} ended in {s}: {msg or 'no message'} "
                     f"(`pipeline.py kaggle collect --runs {n}` downloads its log)")
         if once or all(s in TERMINAL for s, _ in now.values()):
+            for n in names:
+                if stale_sources(state, n):
+                    log(f"{n}: stale: {', '.join(stale_sources(state, n))} was pushed anew since; "
+                        "`pipeline.py kaggle push` (or `kaggle run`) pushes it again")
             return 1 if any(s in TERMINAL[1:] for s, _ in now.values()) else 0
         sleep(interval or st.poll_interval)
 
@@ -284,7 +490,7 @@ def submit(plan, message=None, api=None, log=print, sleep=time.sleep) -> int:
     competition the submission.csv that kernel wrote (downloaded by `collect`). Returns an exit code."""
     st = settings(plan)
     state = load_state(plan)
-    ens = [j for j in plan.jobs if j.stage == "ensemble" and j.name in state["kernels"]]
+    ens = [j for j in plan.jobs if "submission.csv" in stage(j.stage).publishes and j.name in state["kernels"]]
     if not ens:
         raise RoadtopError(f"the ensemble of {plan.source} is not on Kaggle: run `pipeline.py kaggle push`")
     job, rec = ens[0], state["kernels"][ens[0].name]

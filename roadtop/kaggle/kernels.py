@@ -11,15 +11,29 @@ import nbformat
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
+from ..dag.stages import stage
 from ..errors import RoadtopError
 from ..paths import KAGGLE_INPUT, KAGGLE_WORKING, atomic_write
 from .record import load_state
-from .settings import KaggleSettings, kaggle_dir, kernel_slug, kernel_title, settings
+from .settings import KaggleSettings, internet_on, kaggle_dir, kernel_slug, kernel_title, settings
 
-__all__ = ["Kernel", "select_jobs", "kaggle_out", "kaggle_params", "bootstrap_source", "kernel_notebook", "kernel_metadata", "build_kernels"]
+__all__ = [
+    "BOOTSTRAP_NOTE",
+    "Kernel",
+    "bootstrap_source",
+    "build_kernels",
+    "fingerprint",
+    "gpu_kernel",
+    "kaggle_out",
+    "kaggle_params",
+    "kernel_metadata",
+    "kernel_notebook",
+    "select_jobs",
+]
 
 
-_GPU_STAGES = ("probe", "train", "multitarget")
+BOOTSTRAP_NOTE = ("*The hidden cell below writes the helper modules of this lesson's `roadtop` package that this "
+                  "notebook imports, so it runs as is; the lesson starts after it.*")
 
 
 @dataclass
@@ -32,12 +46,27 @@ class Kernel:
     folder: Path
     meta: dict
     needs: list
-    sha: str
+    sha: str  # of the notebook and its metadata; `fingerprint` adds the versions of the kernels it reads
 
     @property
     def name(self):
         """The run name (e.g. train/convnext)."""
         return self.job.name
+
+
+def gpu_kernel(k: Kernel) -> bool:
+    """True when kernel `k` asks Kaggle for a GPU (and so takes one of the account's GPU sessions)."""
+    return bool(k.meta.get("enable_gpu"))
+
+
+def fingerprint(k: Kernel, state: dict) -> tuple:
+    """(fingerprint, versions read) of `k`: its content hash plus the recorded versions of the kernels it
+    reads, so re-pushing a source run (a new version) makes the kernel that reads it stale."""
+    versions = {n: state["kernels"].get(n, {}).get("version") for n in k.needs}
+    if not versions:
+        return k.sha, {}
+    text = k.sha + json.dumps(versions, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], versions
 
 
 def select_jobs(plan, runs=None, st: KaggleSettings | None = None) -> list:
@@ -91,7 +120,9 @@ def _local_paths(value, prefix=""):
 def kaggle_out(job) -> Path:
     """Where `job` writes on Kaggle: /kaggle/working for the ensemble (Kaggle takes submission.csv from
     there), else /kaggle/working/<its local out_dir's name>, so saved runs keep their names."""
-    return KAGGLE_WORKING if job.stage == "ensemble" else KAGGLE_WORKING / Path(job.out_dir).name
+    if stage(job.stage).publishes:
+        return KAGGLE_WORKING
+    return KAGGLE_WORKING / Path(job.out_dir).name
 
 
 def kaggle_params(job, slug_of: dict, st: KaggleSettings, jobs: dict | None = None) -> dict:
@@ -101,7 +132,7 @@ def kaggle_params(job, slug_of: dict, st: KaggleSettings, jobs: dict | None = No
     jobs = jobs or {job.name: job}
     p = dict(job.params)
     if "data_path" in p and not str(p["data_path"]).startswith("/kaggle/"):
-        p["data_path"] = "" if job.stage == "collab" else str(KAGGLE_INPUT / st.competition)
+        p["data_path"] = str(KAGGLE_INPUT / st.competition) if stage(job.stage).paddy else ""
     if "out_dir" in p:
         p["out_dir"] = str(kaggle_out(job))
     if "run_dirs" in p:
@@ -111,14 +142,16 @@ def kaggle_params(job, slug_of: dict, st: KaggleSettings, jobs: dict | None = No
         if not runs:
             raise RoadtopError(f"{job.name}: none of the runs it reads is sent to Kaggle: push them with it "
                                "(e.g. --runs 'train/*' ensemble)")
-    if p.get("pretrained"):
+    online, why = internet_on(st)
+    if p.get("pretrained") and st.weights_dataset and "weights_dir" in p:
+        p["weights_dir"] = str(KAGGLE_INPUT / st.weights_dataset.split("/")[1])
+    elif p.get("pretrained") and not online:
         if "weights_dir" not in p:
             raise RoadtopError(f"{job.name}: {Path(job.notebook).name} has no weights_dir parameter, and "
-                               "a Kaggle kernel has no internet to fetch weights: set pretrained: false")
-        if not st.weights_dataset:
-            raise RoadtopError(f"{job.name}: pretrained=True needs local weights on an internet-off kernel: "
-                               "run `pipeline.py kaggle weights FOLDER`, then set kaggle.weights_dataset")
-        p["weights_dir"] = str(KAGGLE_INPUT / st.weights_dataset.split("/")[1])
+                               f"its kernel has no internet ({why}): set pretrained: false")
+        raise RoadtopError(f"{job.name}: pretrained {p.get('arch', '')} on an internet-off kernel ({why}) "
+                           "needs the weights dataset, and kaggle.weights_dataset is not set: run `pipeline.py "
+                           "kaggle weights FOLDER --dataset <you>/roadtop-timm-weights`, then set it in the plan")
     elif "weights_dir" in p:
         p["weights_dir"] = ""
     bad = [(k + sub, v) for k, val in p.items() for sub, v in _local_paths(val)]
@@ -134,7 +167,7 @@ def _source_runs(job, slug_of: dict, jobs: dict) -> list:
     wanted = job.params.get("run_dirs") or []
     if not wanted:
         needs = [n for n in job.needs if n in slug_of]
-        return [n for n in needs if jobs[n].stage in ("train", "multitarget")] or needs
+        return [n for n in needs if stage(jobs[n].stage).member] or needs
     by_dir = {Path(j.out_dir).resolve(): n for n, j in jobs.items()}
     runs = []
     for d in wanted:
@@ -178,19 +211,28 @@ def _modules(nb, pkg_dir: Path) -> list:
     return sorted(f"{m}.py" for m in seen if (pkg_dir / f"{m}.py").exists())
 
 
+def _literal(text: str) -> str:
+    """`text` as a Python literal that reads like the file: a raw triple-quoted string when it can be one."""
+    for q in ("'''", '"""'):
+        lit = f"r{q}{text}{q}"
+        if q not in text and not text.endswith(("\\", q[0])) and ast.literal_eval(lit) == text:
+            return lit
+    return repr(text)
+
+
 def bootstrap_source(modules=None, pkg_dir=None) -> str:
-    """First cell of every kernel: writes roadtop's `modules` (file names; default all) to a temp folder
-    that goes first on sys.path, so `import roadtop` works on an internet-off kernel."""
+    """The hidden cell of every kernel: writes roadtop's `modules` (file names; default all) as readable
+    source to a temp folder that goes first on sys.path, so `import roadtop` works with no install."""
     pkg_dir = Path(pkg_dir or Path(__file__).parent.parent)
     names = modules or sorted(p.name for p in pkg_dir.glob("*.py"))
-    body = "".join(f"    {n!r}: {(pkg_dir / n).read_text(encoding='utf-8')!r},\n" for n in names)
+    body = "".join(f"\n_roadtop_src[{n!r}] = {_literal((pkg_dir / n).read_text(encoding='utf-8'))}\n"
+                   for n in names)
     return (
-        "# roadtop bootstrap (added by `pipeline.py kaggle push`): this kernel runs with internet off, so\n"
-        f"# the roadtop modules it uses travel inline ({', '.join(names)});\n"
-        "# they are written to a temp folder put first on sys.path.\n"
+        f"# roadtop's modules used by this notebook ({', '.join(names)}), added by `pipeline.py kaggle push`:\n"
+        "# written to a temp folder put first on sys.path, so no install (and no internet) is needed.\n"
         "import os, sys, tempfile\n"
-        "_roadtop_src = {\n" + body + "}\n"
-        "_roadtop_dir = os.path.join(tempfile.gettempdir(), 'roadtop-src')\n"
+        "_roadtop_src = {}\n" + body +
+        "\n_roadtop_dir = os.path.join(tempfile.gettempdir(), 'roadtop-src')\n"
         "os.makedirs(os.path.join(_roadtop_dir, 'roadtop'), exist_ok=True)\n"
         "for _name, _text in _roadtop_src.items():\n"
         "    with open(os.path.join(_roadtop_dir, 'roadtop', _name), 'w', encoding='utf-8') as _f:\n"
@@ -230,14 +272,16 @@ def kernel_notebook(notebook, params: dict):
                                language="python")
     fix = _inputs_source(params)
     if fix:
-        at = [i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", [])][0]
+        at = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
         nb.cells.insert(at + 1, nbformat.v4.new_code_cell(fix, metadata={"tags": ["roadtop-inputs"]}))
     boot = nbformat.v4.new_code_cell(bootstrap_source(_modules(nb, Path(__file__).parent.parent)))
-    boot.metadata["tags"] = ["roadtop-bootstrap"]
-    nb.cells.insert(0, boot)
+    boot.metadata.update({"tags": ["roadtop-bootstrap"], "_kg_hide-input": True})  # Kaggle folds the code
+    note = nbformat.v4.new_markdown_cell(BOOTSTRAP_NOTE, metadata={"tags": ["roadtop-bootstrap-note"]})
+    nb.cells[:0] = [note, boot]
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
-        if tags and tags[0] in ("roadtop-bootstrap", "injected-parameters", "roadtop-inputs"):
+        if tags and tags[0] in ("roadtop-bootstrap-note", "roadtop-bootstrap", "injected-parameters",
+                                "roadtop-inputs"):
             cell.id = tags[0]  # fixed ids: the same run gives the same text (and hash)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -254,12 +298,12 @@ def kernel_metadata(job, st: KaggleSettings, ref: str, slug: str, kernel_sources
     datasets = list(st.datasets)
     if job.params.get("pretrained") and st.weights_dataset:
         datasets.insert(0, st.weights_dataset)
-    gpu = st.enable_gpu and job.stage in _GPU_STAGES
+    gpu = st.enable_gpu and stage(job.stage).gpu
     meta = {
         "id": ref, "title": kernel_title(slug), "code_file": f"{slug}.ipynb", "language": "python",
         "kernel_type": "notebook", "is_private": st.is_private, "enable_gpu": gpu, "enable_tpu": False,
-        "enable_internet": False, "dataset_sources": datasets,
-        "competition_sources": [] if job.stage == "collab" else [st.competition],
+        "enable_internet": internet_on(st)[0], "dataset_sources": datasets,
+        "competition_sources": [st.competition] if stage(job.stage).paddy else [],
         "kernel_sources": kernel_sources, "model_sources": [],
     }
     if st.accelerator and gpu:

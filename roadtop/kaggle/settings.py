@@ -5,10 +5,11 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..dag.budget import MAX_GPU_SESSIONS, WEEKLY_GPU_HOURS, kaggle_internet
 from ..errors import RoadtopError
 from ..paddy import COMPETITION
 
-__all__ = ["KaggleSettings", "settings", "slugify", "kernel_slug", "kernel_title", "kaggle_dir"]
+__all__ = ["KaggleSettings", "internet_on", "kaggle_dir", "kernel_slug", "kernel_title", "settings", "slugify"]
 
 
 @dataclass
@@ -20,8 +21,11 @@ class KaggleSettings:
     username: str = ""  # kernel owner; empty: the user the credentials belong to
     slug_prefix: str = ""  # kernel slugs are <prefix>-<run>; empty: roadtop-<plan name>
     stages: list = field(default_factory=lambda: ["train", "multitarget", "ensemble"])  # what `push` sends without --runs
-    enable_gpu: bool = True  # GPU for probe/train/multitarget kernels (ensemble and collab run on CPU)
-    accelerator: str = ""  # Kaggle machine shape, e.g. NvidiaTeslaT4; empty: Kaggle's default GPU
+    internet: object = "auto"  # auto: on for a file competition (timm fetches weights), off for a code one
+    enable_gpu: bool = True  # GPU for the stages that want one (roadtop.dag.stages: gpu=True)
+    accelerator: str = "NvidiaTeslaT4"  # Kaggle machine shape of GPU kernels (a T4 shows ~15 GiB); "": Kaggle's
+    max_gpu_sessions: int = MAX_GPU_SESSIONS  # GPU kernels queued/running at once (Kaggle's cap per account)
+    weekly_gpu_hours: float = WEEKLY_GPU_HOURS  # Kaggle's weekly GPU quota; `pipeline.py plan` checks against it
     is_private: bool = True  # kernels are private
     weights_dataset: str = ""  # owner/slug of the pretrained weights dataset (pipeline.py kaggle weights)
     datasets: list = field(default_factory=list)  # extra owner/slug datasets attached to every kernel
@@ -39,6 +43,10 @@ def settings(plan) -> KaggleSettings:
     for k, v in raw.items():
         if k not in known:
             raise RoadtopError(f"{where}.{k} is unknown: use one of {', '.join(known)}")
+        if k == "internet":
+            if v not in ("auto", True, False):
+                raise RoadtopError(f"{where}.internet={v!r} should be auto, true or false: fix it in the plan")
+            continue
         want = type(getattr(defaults, k))
         ok = isinstance(v, want) or (want is float and isinstance(v, int)) or (want is str and v is None)
         if not ok or (want is not bool and isinstance(v, bool)):
@@ -48,7 +56,14 @@ def settings(plan) -> KaggleSettings:
     for ds in [st.weights_dataset, *st.datasets]:
         if ds and not re.fullmatch(r"[\w.-]+/[\w.-]+", ds):
             raise RoadtopError(f"{where}: dataset '{ds}' should be owner/slug, as in its URL")
+    if st.max_gpu_sessions < 1:
+        raise RoadtopError(f"{where}.max_gpu_sessions={st.max_gpu_sessions} should be 1 or more")
     return st
+
+
+def internet_on(st: KaggleSettings) -> tuple:
+    """(internet on?, why) for the plan's kernels: `kaggle.internet`, or by competition kind when auto."""
+    return kaggle_internet(st.internet, st.code_competition)
 
 
 def slugify(text: str) -> str:

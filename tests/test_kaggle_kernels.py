@@ -1,0 +1,228 @@
+"""Kaggle kernels from a plan: kernel folders, parameters, the bootstrap cell, internet by competition kind."""
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
+
+from roadtop import accum, paddy
+from roadtop.dag.plan import load_plan
+from roadtop.errors import RoadtopError
+from roadtop.kaggle import flow, kernels, settings
+from roadtop.paths import ROOT
+
+sys.path.insert(0, str(Path(__file__).parent))
+pytest.register_assert_rewrite("fake_kaggle")  # its helpers assert too
+from fake_kaggle import USER, Sleeps, params_of, ref
+
+pytest_plugins = ["fake_kaggle"]
+
+
+def test_bootstrap_cell_brings_roadtop_into_a_bare_python(plan, fake, tmp_path):
+    flow.push(plan, log=lambda s: None, sleep=Sleeps(), out=io.StringIO())
+    nb = nbformat.reads(fake.calls("SaveKernel")[0]["text"], as_version=4)
+    boot = nb.cells[1].source
+    sent = sorted(m for m in kernels._modules(nb, ROOT / "roadtop"))  # what train.ipynb imports, and their imports
+    assert {"train.py", "preds.py", "paddy.py"} <= set(sent)
+    code = boot + "\nimport roadtop.paths\nprint(roadtop.paths.__file__)"
+    # -I -S: no site-packages, so no installed roadtop: only the inline copy can answer the import
+    r = subprocess.run([sys.executable, "-I", "-S", "-"], input=code, capture_output=True, text=True,
+                       env={"TMPDIR": str(tmp_path)}, timeout=60, check=False)
+    assert r.stdout.strip() == str(tmp_path / "roadtop-src" / "roadtop" / "paths.py"), r.stderr[-2000:]
+    written = sorted(p.name for p in (tmp_path / "roadtop-src" / "roadtop").glob("*.py"))
+    assert written == sent
+
+
+def test_ensemble_kernel_runs_as_on_kaggle(plan, tmp_path, monkeypatch):
+    """The pushed ensemble notebook, run in a Jupyter kernel that believes it is on Kaggle (/kaggle/ moved
+    under tmp_path), inputs mounted the newer way (/kaggle/input/<kind>/<owner>/<slug>): roadtop comes from
+    the bootstrap cell, the runs from the training kernels' outputs."""
+    import numpy as np
+    import pandas as pd
+    import papermill as pm
+
+    from roadtop import paddy, preds
+
+    kag = tmp_path / "kaggle"
+    data = paddy.make_demo(kag / "input" / "competitions" / settings.COMPETITION, 60, 12, size=(32, 48),
+                           progress=False)
+    trn, hold = paddy.split_files(data, 0.1, 42)
+    tst = paddy.test_files(data)
+    vocab = sorted({f.parent.name for f in trn + hold})
+    rng = np.random.default_rng(0)
+    for run in ("convnext", "resnet"):  # what the two training kernels would have saved
+        probs = rng.dirichlet(np.ones(len(vocab)), len(tst)), rng.dirichlet(np.ones(len(vocab)), len(hold))
+        p = preds.RunPreds(run, f"test_{run}", vocab, [f.name for f in tst], probs[0], [f.name for f in hold],
+                           [f.parent.name for f in hold], probs[1])
+        preds.save_preds(kag / "input" / "notebooks" / USER / f"roadtop-kdemo-train-{run}" / run, p)
+    ens = kernels.build_kernels(plan, plan.jobs, USER, log=lambda s: None)[-1]
+    nb = tmp_path / "ensemble.ipynb"
+    nb.write_text((ens.folder / ens.meta["code_file"]).read_text().replace("/kaggle/", f"{kag}/"))
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")  # roadtop.paths.iskaggle() is True in the kernel
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    pm.execute_notebook(str(nb), str(tmp_path / "ensemble.out.ipynb"), cwd=str(tmp_path), progress_bar=False)
+    sub = pd.read_csv(kag / "working" / "submission.csv", dtype=str)
+    assert list(sub.image_id) == list(paddy.read_sample_submission(data).image_id)
+    assert set(sub.label) <= set(vocab)
+    assert (tmp_path / "roadtop-src" / "roadtop" / "ensemble.py").exists()
+
+
+def test_params_are_refused_when_a_kernel_could_not_run(plan, tmp_path):
+    st = settings.settings(plan)
+    job = plan.job("train/convnext")
+    slugs = {j.name: settings.kernel_slug(st.slug_prefix, j.name) for j in plan.jobs}
+    with pytest.raises(RoadtopError, match="train/convnext: pretrained test_convnext on an internet-off kernel"):
+        kernels.kaggle_params(job, slugs, settings.KaggleSettings(internet=False), {j.name: j for j in plan.jobs})
+    job.params["item_method"] = str(tmp_path)
+    with pytest.raises(RoadtopError, match="item_method=.* is a path on this machine"):
+        kernels.kaggle_params(job, slugs, st, {j.name: j for j in plan.jobs})
+    plan.kaggle["gpu"] = True
+    with pytest.raises(RoadtopError, match="kaggle.gpu is unknown"):
+        settings.settings(plan)
+
+
+def test_slugs_are_kaggle_slugs_whose_titles_map_back():
+    for run in ("train/convnext_large_in22k-(320,224)", "ensemble", "train/" + "x" * 80):
+        s = settings.kernel_slug("roadtop-real", run)
+        assert 5 <= len(s) <= 50 and kaggle_slugify(settings.kernel_title(s)) == s
+
+
+def test_dry_run_of_the_real_plan(tmp_path):
+    plan = _real_plan(tmp_path, "  username: someone\n")
+    lines = []
+    assert flow.push(plan, dry_run=True, log=lines.append) == 0
+    folders = sorted(p.parent.name for p in settings.kaggle_dir(plan).glob("*/kernel-metadata.json"))
+    trains = [j for j in plan.jobs if j.stage in ("train", "multitarget")]
+    assert len(folders) == len(trains) + 1 == 10
+    meta = json.loads((settings.kaggle_dir(plan) / "roadtop-paddy-ensemble" / "kernel-metadata.json").read_text())
+    assert meta["kernel_sources"] == [f"someone/roadtop-paddy-{settings.slugify(j.name)}" for j in trains]
+    assert meta["enable_gpu"] is False and "machine_shape" not in meta
+    text = (settings.kaggle_dir(plan) / "roadtop-paddy-ensemble" / "roadtop-paddy-ensemble.ipynb").read_text()
+    _, p = params_of(text)
+    assert p["weights"]["vit_large_patch16_224"] == 2 and len(p["run_dirs"]) == len(trains)
+
+
+def _real_plan(tmp_path, extra=""):
+    """params/paddy.yaml with its outputs under tmp_path (and `extra` YAML appended to its kaggle section)."""
+    text = (ROOT / "params" / "paddy.yaml").read_text().replace("out_dir: outputs/", f"out_dir: {tmp_path}/")
+    (tmp_path / "paddy.yaml").write_text(text + extra)
+    return load_plan(tmp_path / "paddy.yaml")
+
+
+def test_training_kernel_is_readable_and_ships_only_what_it_imports(plan, fake):
+    """The pushed training notebook opens on a one-line note, then a hidden cell of readable source: only
+    the roadtop/*.py modules train.ipynb imports (never the pipeline's dag/ or the Kaggle kaggle/ code)."""
+    flow.push(plan, runs=["train/resnet"], log=lambda s: None, sleep=Sleeps(), out=io.StringIO())
+    nb = nbformat.reads(fake.calls("SaveKernel")[0]["text"], as_version=4)
+    note, boot = nb.cells[0], nb.cells[1]
+    assert note.cell_type == "markdown" and note.source == kernels.BOOTSTRAP_NOTE and "\n" not in note.source
+    assert boot.metadata["_kg_hide-input"] is True and "roadtop-bootstrap" in boot.metadata["tags"]
+    lines = boot.source.splitlines()
+    assert len(lines) <= 1500, len(lines)
+    shipped = set(re.findall(r"^_roadtop_src\['(\w+\.py)'\] = ", boot.source, re.MULTILINE))
+    assert {"train.py", "paddy.py", "preds.py", "paths.py"} <= shipped
+    assert not shipped & {"runner.py", "plan.py", "flow.py", "cli.py", "kernels.py", "budget.py"}
+    assert all((ROOT / "roadtop" / m).exists() for m in shipped)  # the floor only: no dag/ or kaggle/ file
+    train_src = (ROOT / "roadtop" / "train.py").read_text()
+    assert train_src.splitlines()[5] in lines  # the module's own lines, readable, not an escaped one-liner
+    assert "from .dag" not in boot.source and "roadtop.kaggle" not in boot.source
+
+
+def test_no_stage_names_are_tested_in_the_kaggle_code():
+    """The Kaggle builder reads the stage facts (gpu, member, paddy, publishes) from roadtop.dag.stages."""
+    for f in (ROOT / "roadtop" / "kaggle").glob("*.py"):
+        assert not re.search(r"stage\s*(==|!=|in)\s*[(\"']", f.read_text()), f.name
+
+
+def test_dry_run_of_the_real_plan_uses_the_hub_for_a_file_competition(tmp_path, monkeypatch):
+    """params/paddy.yaml as shipped (no weights dataset): Paddy is a file competition, so its kernels have
+    internet and timm fetches the pretrained weights; the owner comes from kaggle.json, offline."""
+    plan = _real_plan(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
+    with pytest.raises(RoadtopError, match="push --dry-run needs the owner"):
+        flow.push(plan, dry_run=True, log=lambda s: None)
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "someone", "key": "k"}))
+    lines = []
+    assert flow.push(plan, dry_run=True, log=lines.append) == 0
+    assert "kaggle: internet on (file competition" in "\n".join(lines)
+    kdir = settings.kaggle_dir(plan)
+    meta = json.loads((kdir / "roadtop-paddy-train-vit-res-224" / "kernel-metadata.json").read_text())
+    assert meta["id"] == "someone/roadtop-paddy-train-vit-res-224"
+    assert meta["enable_internet"] is True and meta["dataset_sources"] == [] and meta["enable_gpu"] is True
+    assert meta["machine_shape"] == "NvidiaTeslaT4"
+    _, p = params_of((kdir / "roadtop-paddy-train-vit-res-224" / "roadtop-paddy-train-vit-res-224.ipynb").read_text())
+    assert p["pretrained"] is True and p["weights_dir"] == ""  # "": timm downloads the weights
+    (tmp_path / ".kaggle" / "kaggle.json").unlink()
+    (tmp_path / ".kaggle" / "credentials.json").write_text(json.dumps({"username": "oauth-user"}))
+    assert flow.push(plan, dry_run=True, log=lines.append) == 0  # `kaggle auth login`'s stored username
+    assert json.loads((kdir / "roadtop-paddy-ensemble" / "kernel-metadata.json").read_text())["id"] == \
+        "oauth-user/roadtop-paddy-ensemble"
+
+
+def test_dry_run_of_a_code_competition_needs_the_weights_dataset(tmp_path):
+    plan = _real_plan(tmp_path, "  username: someone\n  code_competition: true\n")
+    with pytest.raises(RoadtopError, match=r"^train/convnext_res_224: pretrained convnext_large_in22k on an "
+                                           r"internet-off kernel \(code competition.*kaggle.weights_dataset is "
+                                           r"not set: run `pipeline.py kaggle weights FOLDER --dataset "
+                                           r"<you>/roadtop-timm-weights`"):
+        flow.push(plan, dry_run=True, log=lambda s: None)
+    plan = _real_plan(tmp_path, "  username: someone\n  code_competition: true\n  weights_dataset: someone/tw\n")
+    lines = []
+    assert flow.push(plan, dry_run=True, log=lines.append) == 0
+    assert "kaggle: internet off (code competition" in "\n".join(lines)
+    meta = json.loads((settings.kaggle_dir(plan) / "roadtop-paddy-train-swin-res-224" / "kernel-metadata.json"
+                       ).read_text())
+    assert meta["enable_internet"] is False and meta["dataset_sources"] == ["someone/tw"]
+
+
+@pytest.mark.parametrize("value,on", [(True, True), (False, False), ("auto", True), ("yes", None)])
+def test_internet_setting(plan, value, on):
+    plan.kaggle["internet"] = value
+    if on is None:
+        with pytest.raises(RoadtopError, match=r"kaggle.internet='yes' should be auto, true or false"):
+            settings.settings(plan)
+        return
+    st = settings.settings(plan)
+    assert settings.internet_on(st)[0] is on
+    meta = kernels.kernel_metadata(plan.job("train/resnet"), st, ref("train/resnet"), "s-lug", [])
+    assert meta["enable_internet"] is on
+
+
+@pytest.mark.parametrize("layout", ["paddy-disease-classification", "competitions/paddy-disease-classification",
+                                    "datasets/someone/paddy-copy"])
+def test_kaggle_inputs_are_found_whatever_the_mount_layout(tmp_path, monkeypatch, layout):
+    """On Kaggle an empty data_path finds the competition by its train.csv + train_images/, the probe's results
+    by probe.json, wherever the session mounted them."""
+    root = tmp_path / "input"
+    data = paddy.make_demo(root / layout, 24, 4, size=(16, 16), progress=False)
+    (root / "notebooks" / USER / "roadtop-x-probe" / "probe").mkdir(parents=True)
+    (root / "notebooks" / USER / "roadtop-x-probe" / "probe" / "probe.json").write_text("{}")
+    (root / "other" / "train_images").mkdir(parents=True)  # no train.csv: not the competition
+    monkeypatch.setattr(paddy, "KAGGLE_INPUT", root)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    assert paddy.resolve_data("") == data
+    assert paddy.resolve_data(f"/kaggle/input/{paddy.COMPETITION}") == data  # as a pushed kernel names it
+    assert paddy.kaggle_folders("train.csv", "train_images", root=root) == [data]
+    assert accum.probe_inputs(root) == [root / "notebooks" / USER / "roadtop-x-probe" / "probe"]
+
+
+def test_environment_yml_installs_the_pinned_torch_from_pip():
+    """No pytorch/nvidia conda channel (nothing after 2.5.1 there): the env pip-installs requirements.txt."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["channels"] == ["conda-forge"]
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    assert not [d for d in conda if d.split("=")[0] in ("pytorch", "torchvision", "pytorch-cuda")]
+    (pip,) = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    assert pip == ["-r requirements.txt", "-e ."]
+    reqs = (ROOT / "requirements.txt").read_text()
+    assert re.search(r"^torch==\d", reqs, re.MULTILINE) and re.search(r"^torchvision==\d", reqs, re.MULTILINE)
