@@ -39,7 +39,7 @@ def test_demo_and_paddy_plans_have_a_probe():
     demo = load_plan(ROOT / "params" / "demo.yaml")
     assert demo.jobs[0].stage == "probe" and all(j.params["accum"] == "auto" for j in demo.jobs if j.stage == "train")
     paddy = yaml.safe_load((ROOT / "params" / "paddy.yaml").read_text())
-    assert paddy["probe"]["gpu_budget_gb"] == 16 and paddy["probe"]["time_budget_h"] == 9
+    assert paddy["probe"]["gpu_budget_gb"] == 15 and paddy["probe"]["time_budget_h"] == 9
 
 
 def test_jobs_follow_the_stage_table(tmp_path, tiny_data):

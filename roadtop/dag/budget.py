@@ -11,7 +11,7 @@ from ..errors import RoadtopError
 from .records import FAILED
 from .stages import stage
 
-__all__ = ["RUN_OVERHEAD_S", "run_key", "probe_runs", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "check_plan"]
+__all__ = ["RUN_OVERHEAD_S", "run_key", "probe_runs", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "check_plan", "MAX_GPU_SESSIONS", "WEEKLY_GPU_HOURS", "kaggle_budget", "kaggle_internet"]
 
 
 INFER_RATIO = 1 / 3  # forward-only cost relative to a training step, when inference was not timed
@@ -174,7 +174,8 @@ def check_plan(plan, override: bool = False, log=print) -> int:
         flag = "" if r["fits"] else "  <- does not fit"
         log(f"{r['run']:28s} {acc:>8s} {r['peak']:>14s} {_dur(r['seconds']):>10s} {_dur(r['cumulative']):>11s}{flag}")
     total = rows[-1]["cumulative"] if rows else float(probe.get("seconds") or 0)
-    over = [r["run"] for r in rows if r["cumulative"] > hours * 3600]
+    # One session runs the whole plan, unless the plan fans out as Kaggle kernels (one session each: kaggle_budget)
+    over = [] if plan.kaggle else [r["run"] for r in rows if r["cumulative"] > hours * 3600]
     unfit = [r["run"] for r in rows if not r["fits"]]
     log(f"total {total / 3600:.2f} h of time_budget_h {hours:g} (speed measured on {probe.get('device')}; "
         f"{RUN_OVERHEAD_S:g} s a run for start-up)")
@@ -198,7 +199,6 @@ def check_plan(plan, override: bool = False, log=print) -> int:
 # ---- Kaggle: the fan-out of the training runs as GPU kernels ----------------------------------------------------
 MAX_GPU_SESSIONS = 2  # batch GPU sessions an account runs at once ("Maximum batch GPU session count of 2 reached")
 WEEKLY_GPU_HOURS = 30.0  # Kaggle's weekly GPU quota per account (it floats around 30 h)
-__all__ += ["MAX_GPU_SESSIONS", "WEEKLY_GPU_HOURS", "kaggle_budget", "kaggle_internet"]
 
 
 def kaggle_internet(setting="auto", code_competition: bool = False) -> tuple:
