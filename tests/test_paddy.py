@@ -132,3 +132,21 @@ def test_check_saved_runs(tmp_path):
     assert len(probs) == 2
     assert "holds NaN" in str(probs[0]) and "nan" in probs[0].where
     assert "run 'order' has a different test_ids (order)" in str(probs[1])
+
+
+def test_fold_ids_partition_stratified_and_seeded():
+    rng = np.random.default_rng(0)
+    ids = [f"{100000 + i}.jpg" for i in range(203)]
+    labels = rng.choice(["a", "b", "c"], size=len(ids), p=[0.6, 0.3, 0.1]).tolist()
+    folds = paddy.fold_ids(ids, labels, 5, seed=7)
+    assert set(folds) == set(ids) and set(folds.values()) == set(range(5))
+    sizes = np.bincount(list(folds.values()))
+    assert sizes.max() - sizes.min() <= 1  # 203 images: folds of 40 or 41
+    for lab in "abc":  # each label spread evenly over the folds
+        per = np.bincount([folds[i] for i, la in zip(ids, labels) if la == lab], minlength=5)
+        assert per.max() - per.min() <= 1
+    shuffled = list(zip(ids, labels))[::-1]
+    assert paddy.fold_ids([i for i, _ in shuffled], [la for _, la in shuffled], 5, seed=7) == folds  # order-free
+    assert paddy.fold_ids(ids, labels, 5, seed=8) != folds
+    with pytest.raises(RoadtopError, match="at least 2"):
+        paddy.fold_ids(ids, labels, 1, seed=0)
