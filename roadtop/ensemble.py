@@ -19,6 +19,7 @@ __all__ = [
     "class_index",
     "confusion",
     "fit_ensembles",
+    "fold_name",
     "holdout_table",
     "oof_set",
     "run_weights",
@@ -29,6 +30,11 @@ __all__ = [
 ]
 
 FOLD_RE = re.compile(r"^(?P<run>.+)-fold(?P<fold>\d+)$")  # a k-fold job's run name: <run>-fold<i>
+
+
+def fold_name(run: str, fold: int) -> str:
+    """The name of fold `fold` of k-fold run `run` (its job is train/<run>-fold<i>)."""
+    return f"{run}-fold{fold}"
 
 
 def check_runs(runs):
