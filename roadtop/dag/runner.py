@@ -15,6 +15,7 @@ from .fingerprint import data_fingerprint, job_fingerprint
 from .params import notebook_params
 from .plan import resolve_plan_data
 from .records import FAILED, MANIFEST, cause, job_state, record_failure
+from .report import write_report
 
 __all__ = ["execute_job", "check_data", "run_plan"]
 
@@ -155,4 +156,8 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
     sub = plan.out_dir / "submission.csv"
     if sub.exists() and states.get("ensemble", {}).get("state") == "complete":
         log(f"submission: {sub}")
+    try:
+        log(f"report: {write_report(plan, states)}")
+    except Exception as e:  # noqa: BLE001 - the report only shows what ran: it must not fail the run
+        log(f"report not written: {cause(e)}")
     return 1 if failed else 0
