@@ -161,6 +161,8 @@ def fit_ensembles(members, plan_w, method: str = "mean", metric: str = "logloss"
     """
     if method not in blend.METHODS:
         raise RoadtopError(f"ensemble method '{method}' is unknown: use one of {', '.join(blend.METHODS)}")
+    if metric not in blend.METRICS:
+        raise RoadtopError(f"ensemble metric '{metric}' is unknown: use one of {', '.join(blend.METRICS)}")
     if fit_on not in ("auto", "oof", "holdout"):
         raise RoadtopError(f"fit_on='{fit_on}' is unknown: use auto, oof or holdout")
     hold = [r.holdout_probs for r in members]
