@@ -241,7 +241,7 @@ def holdout_table(members, plan_w, fitted=None, method: str = "mean") -> pd.Data
         acc, ll = scores(f.holdout_probs)
         rows.append({"run": run, "arch": arch, "weight": float("nan"), "valid_error": float("nan"),
                      "holdout_accuracy": acc, "holdout_logloss": ll, "scored_on": f.scored_on,
-                     "weights": ", ".join(f"{n} {w:.2f}" for n, w in zip(names, f.weights) if w > 0)})
+                     "weights": ", ".join(f"{n} {w:.2f}" for n, w in zip(names, f.weights) if round(w, 2) > 0)})
     return pd.DataFrame(rows)
 
 
