@@ -2,9 +2,11 @@
 
 import numpy as np
 import pandas as pd
+import papermill as pm
 import pytest
+from conftest import ROOT
 
-from roadtop import blend, ensemble, preds
+from roadtop import blend, ensemble, paddy, preds
 from roadtop.errors import RoadtopError
 
 VOCAB = ["a", "b", "c"]
@@ -285,3 +287,39 @@ def test_preds_roundtrip_and_refusals(tmp_path):
         preds.load_preds(tmp_path / "junk")
     with pytest.raises(RoadtopError, match="missing"):
         preds.load_preds(tmp_path / "nothing")
+
+
+def test_notebook_fits_on_out_of_fold_predictions_of_k_fold_runs(tmp_path, tiny_data):
+    """The ensemble notebook on two k-fold runs' saved predictions: bagged, weights from oof, one submission."""
+    trn, hold = paddy.split_files(tiny_data, 0.1, 42)
+    tst = paddy.test_files(tiny_data)
+    vocab = sorted(paddy.LABELS)
+    fold_of = paddy.fold_ids([f.name for f in trn], [f.parent.name for f in trn], 3, seed=0)
+    rng = np.random.default_rng(0)
+
+    def probs(labels, acc):
+        return member(np.array([vocab.index(la) for la in labels]), acc, rng)
+
+    dirs = []
+    for run, acc in (("cnx", 0.8), ("res", 0.5)):
+        for i in range(3):
+            oof = [f for f in trn if fold_of[f.name] == i]
+            p = preds.RunPreds(f"{run}-fold{i}", f"test_{run}", vocab, [f.name for f in tst],
+                               rng.dirichlet(np.ones(C), len(tst)), [f.name for f in hold],
+                               [f.parent.name for f in hold], probs([f.parent.name for f in hold], acc),
+                               oof_ids=[f.name for f in oof], oof_labels=[f.parent.name for f in oof],
+                               oof_probs=probs([f.parent.name for f in oof], acc))
+            dirs.append(str(preds.save_preds(tmp_path / p.name, p).parent))
+    out = tmp_path / "ens"
+    pm.execute_notebook(str(ROOT / "notebooks" / "ensemble.ipynb"), str(tmp_path / "ensemble.ipynb"),
+                        parameters={"data_path": str(tiny_data), "out_dir": str(out), "run_dirs": dirs,
+                                    "method": "greedy"}, cwd=str(ROOT / "notebooks"), progress_bar=False)
+    t = pd.read_csv(out / "holdout.csv").set_index("run")
+    assert t.index.tolist() == ["cnx", "res", "mean (plan weights)", "greedy", "optimize", "ensemble"]
+    n = len(trn)
+    assert t.loc["greedy", "scored_on"] == f"holdout (weights fitted on {n} out-of-fold images)"
+    assert t.loc["ensemble", "arch"] == "greedy (submission)"
+    w = pd.read_csv(out / "weights.csv").set_index("run")
+    assert w.loc["cnx", "greedy"] > w.loc["res", "greedy"] and np.isclose(w["greedy"].sum(), 1)
+    sub = pd.read_csv(out / "submission.csv")
+    assert sub.image_id.tolist() == paddy.read_sample_submission(tiny_data).image_id.tolist()
