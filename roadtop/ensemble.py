@@ -113,9 +113,7 @@ def run_weights(runs, weights: dict) -> np.ndarray:
 
 def weighted_mean(probs, w) -> np.ndarray:
     """Weighted mean of a list of (n, c) probability arrays: sum_i w_i p_i / sum_i w_i."""
-    w = np.asarray(w, dtype=np.float64)
-    stack = np.stack([np.asarray(p, dtype=np.float64) for p in probs])
-    return np.tensordot(w, stack, axes=1) / w.sum()
+    return blend.blend(probs, w)
 
 
 def class_index(vocab, labels) -> np.ndarray:
