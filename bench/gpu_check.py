@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     import timm
     import torch
 
-    from roadtop import accum as accums, probe
+    from roadtop import accum as accums
+    from roadtop import probe
     from roadtop.paddy import make_demo, split_files
 
     out = Path(a.out)

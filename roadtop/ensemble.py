@@ -1,13 +1,40 @@
-"""Ensembling saved runs: agreement checks, weighted mean of TTA probabilities, submission, holdout table."""
+"""Ensembling saved runs: agreement checks, k-fold bags, fitted weights, submission, holdout table."""
+
+import re
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from . import blend
 from .errors import RoadtopError
 from .paths import atomic_write
-from .preds import error
+from .preds import RunPreds, error
 
-__all__ = ["check_runs", "run_weights", "weighted_mean", "submission", "holdout_table", "write_csv"]
+__all__ = [
+    "FOLD_RE",
+    "Fitted",
+    "bag_folds",
+    "check_runs",
+    "class_index",
+    "confusion",
+    "fit_ensembles",
+    "fold_name",
+    "holdout_table",
+    "oof_set",
+    "run_weights",
+    "submission",
+    "weighted_mean",
+    "weights_frame",
+    "write_csv",
+]
+
+FOLD_RE = re.compile(r"^(?P<run>.+)-fold(?P<fold>\d+)$")  # a k-fold job's run name: <run>-fold<i>
+
+
+def fold_name(run: str, fold: int) -> str:
+    """The name of fold `fold` of k-fold run `run` (its job is train/<run>-fold<i>)."""
+    return f"{run}-fold{fold}"
 
 
 def check_runs(runs):
@@ -25,6 +52,52 @@ def check_runs(runs):
     return runs
 
 
+@dataclass
+class Fitted:
+    """One ensemble: its final weights (sum 1) and its holdout predictions from weights not fitted on those images."""
+
+    name: str  # its row in the holdout table
+    method: str  # mean | greedy | optimize
+    weights: np.ndarray
+    holdout_probs: np.ndarray
+    scored_on: str  # how holdout_probs were made honest
+    fold_weights: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # per cross-fitting fold
+
+
+_DESC = {"mean": "weighted mean", "greedy": "greedy selection", "optimize": "optimised weights"}
+
+
+def bag_folds(runs) -> list:
+    """The fold runs of one k-fold run (<run>-fold<i>) become one member: test and holdout probabilities averaged,
+    out-of-fold predictions joined. Other runs stay as they are, in their order."""
+    groups = {}
+    for r in runs:
+        m = FOLD_RE.match(r.name)
+        groups.setdefault(m["run"] if m else r.name, []).append(r)
+    out = []
+    for name, rs in groups.items():
+        folds = [r for r in rs if FOLD_RE.match(r.name)]
+        if not folds:
+            out.extend(rs)
+            continue
+        if len(folds) != len(rs) or len({r.arch for r in rs}) > 1:
+            raise RoadtopError(f"runs {[r.name for r in rs]} look like folds of one k-fold run '{name}' but mix "
+                               f"archs or plain runs: rename the plain run")
+        oof_ids = [i for r in rs for i in r.oof_ids]
+        if len(set(oof_ids)) != len(oof_ids):
+            raise RoadtopError(f"the folds of '{name}' share out-of-fold images: their folds overlap; rerun them "
+                               f"with the same folds and seed")
+        ref = rs[0]
+        out.append(RunPreds(
+            name=name, arch=ref.arch, vocab=ref.vocab, test_ids=ref.test_ids,
+            test_probs=np.mean([r.test_probs for r in rs], 0), holdout_ids=ref.holdout_ids,
+            holdout_labels=ref.holdout_labels, holdout_probs=np.mean([r.holdout_probs for r in rs], 0),
+            valid_error=float(np.mean([r.valid_error for r in rs])), meta={"folds": [r.name for r in rs]},
+            oof_ids=oof_ids, oof_labels=[la for r in rs for la in r.oof_labels],
+            oof_probs=np.concatenate([np.asarray(r.oof_probs).reshape(len(r.oof_ids), len(ref.vocab)) for r in rs])))
+    return out
+
+
 def run_weights(runs, weights: dict) -> np.ndarray:
     """Each run's weight: `weights[run name]`, else `weights[arch]`, else 1 (the lesson counts ViT twice)."""
     known = {r.name for r in runs} | {r.arch for r in runs}
@@ -40,9 +113,90 @@ def run_weights(runs, weights: dict) -> np.ndarray:
 
 def weighted_mean(probs, w) -> np.ndarray:
     """Weighted mean of a list of (n, c) probability arrays: sum_i w_i p_i / sum_i w_i."""
-    w = np.asarray(w, dtype=np.float64)
-    stack = np.stack([np.asarray(p, dtype=np.float64) for p in probs])
-    return np.tensordot(w, stack, axes=1) / w.sum()
+    return blend.blend(probs, w)
+
+
+def class_index(vocab, labels) -> np.ndarray:
+    """Each label's column in `vocab` (one clear error for a label the runs never saw)."""
+    pos = {v: i for i, v in enumerate(vocab)}
+    unknown = sorted(set(labels) - set(pos))
+    if unknown:
+        raise RoadtopError(f"labels {unknown[:3]} are not in the runs' vocab {list(vocab)[:5]}...: rerun the runs "
+                           f"on the same data")
+    return np.array([pos[la] for la in labels], dtype=int)
+
+
+def oof_set(members):
+    """(probabilities (members, rows, classes), true class indices, ids) on the out-of-fold images every member has;
+    None unless every member carries out-of-fold predictions (k-fold runs) with images in common."""
+    if not members or any(not len(r.oof_ids) for r in members):
+        return None
+    common = set(members[0].oof_ids).intersection(*(r.oof_ids for r in members[1:]))
+    if not common:
+        return None
+    ids = sorted(common)
+    rows = [{i: k for k, i in enumerate(r.oof_ids)} for r in members]
+    probs = np.stack([np.asarray(r.oof_probs)[[row[i] for i in ids]] for r, row in zip(members, rows)])
+    labels = dict(zip(members[0].oof_ids, members[0].oof_labels))
+    return probs, class_index(members[0].vocab, [labels[i] for i in ids]), ids
+
+
+def _plan_mean(members, plan_w) -> Fitted:
+    """The lesson's ensemble: the plan's weights, nothing fitted, so the whole holdout scores it."""
+    w = np.asarray(plan_w, dtype=np.float64)
+    return Fitted("mean (plan weights)", "mean", w / w.sum(), weighted_mean([r.holdout_probs for r in members], w),
+                  "holdout")
+
+
+def fit_ensembles(members, plan_w, method: str = "mean", metric: str = "logloss", cv_folds: int = 5,
+                  cv_seed: int = 0, fit_on: str = "auto", rounds: int = 20) -> dict:
+    """Every ensemble, keyed by method: `mean` (the plan's weights) and, where there is data to fit on, `greedy`
+    and `optimize`.
+
+    Fitted weights come from the members' out-of-fold predictions (fit_on oof, or auto when every member has them;
+    the whole holdout is then a pure test), else from the holdout by k-fold cross-fitting (scored on the part left
+    out of each fit, then refitted on the whole holdout for the submission).
+    """
+    if method not in blend.METHODS:
+        raise RoadtopError(f"ensemble method '{method}' is unknown: use one of {', '.join(blend.METHODS)}")
+    if metric not in blend.METRICS:
+        raise RoadtopError(f"ensemble metric '{metric}' is unknown: use one of {', '.join(blend.METRICS)}")
+    if fit_on not in ("auto", "oof", "holdout"):
+        raise RoadtopError(f"fit_on='{fit_on}' is unknown: use auto, oof or holdout")
+    hold = [r.holdout_probs for r in members]
+    y = class_index(members[0].vocab, members[0].holdout_labels)
+    out = {"mean": _plan_mean(members, plan_w)}
+    oof = oof_set(members) if fit_on != "holdout" else None
+    if fit_on == "oof" and oof is None:
+        raise RoadtopError("fit_on='oof' needs out-of-fold predictions from every member: train each run with "
+                           "folds: k, or use fit_on='holdout'")
+    kw = {"metric": metric, "rounds": rounds}
+    for m in ("greedy", "optimize"):
+        if oof is not None:
+            wm = blend.fit_weights(m, oof[0], oof[1], **kw)
+            out[m] = Fitted(m, m, wm, blend.blend(hold, wm),
+                            f"holdout (weights fitted on {len(oof[2])} out-of-fold images)")
+        elif len(y) >= 2 * max(2, cv_folds):
+            probs, fw = blend.cross_fit(m, hold, y, cv_folds, cv_seed, **kw)
+            out[m] = Fitted(m, m, blend.fit_weights(m, hold, y, **kw), probs,
+                            f"holdout, cross-fitted ({cv_folds} folds)", fw)
+    if method not in out:
+        raise RoadtopError(f"method '{method}' needs images to fit weights on: {len(y)} holdout image(s) is too few "
+                           f"for {cv_folds}-fold cross-fitting: raise holdout_pct, train with folds: k, or use mean")
+    return out
+
+
+def weights_frame(members, fitted) -> pd.DataFrame:
+    """Members x ensembles: each ensemble's final weight of each member (columns sum to 1)."""
+    return pd.DataFrame({f.name: f.weights for f in fitted.values()}, index=[r.name for r in members])
+
+
+def confusion(probs, vocab, labels) -> pd.DataFrame:
+    """Counts of (actual label, predicted label): rows actual, columns predicted, both in vocab order."""
+    y, p = class_index(vocab, labels), np.asarray(probs).argmax(1)
+    m = np.zeros((len(vocab), len(vocab)), dtype=int)
+    np.add.at(m, (y, p), 1)
+    return pd.DataFrame(m, index=pd.Index(vocab, name="actual"), columns=pd.Index(vocab, name="predicted"))
 
 
 def submission(probs, vocab, test_ids, sample: pd.DataFrame) -> pd.DataFrame:
@@ -57,16 +211,35 @@ def submission(probs, vocab, test_ids, sample: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"image_id": ids, "label": labels.loc[ids].to_numpy()})
 
 
-def holdout_table(runs, w) -> pd.DataFrame:
-    """Accuracy on the fixed holdout of each member and of the weighted ensemble, side by side."""
-    def acc(p):
-        return 1 - error(p, runs[0].vocab, runs[0].holdout_labels)
+def holdout_table(members, plan_w, fitted=None, method: str = "mean") -> pd.DataFrame:
+    """Each member, then each ensemble (with its weights), then the `ensemble` row: the one `method` submits.
 
-    rows = [dict(run=r.name, arch=r.arch, weight=wi, valid_error=r.valid_error, holdout_accuracy=acc(r.holdout_probs))
-            for r, wi in zip(runs, w)]
-    ens = weighted_mean([r.holdout_probs for r in runs], w)
-    rows.append(dict(run="ensemble", arch="weighted mean", weight=float(np.sum(w)), valid_error=float("nan"),
-                     holdout_accuracy=acc(ens)))
+    Members are scored on the whole holdout; an ensemble on its honest holdout predictions (see fit_ensembles).
+    """
+    vocab, labels = members[0].vocab, members[0].holdout_labels
+    y = class_index(vocab, labels)
+    fitted = fitted or {"mean": _plan_mean(members, plan_w)}
+    if method not in fitted:
+        raise RoadtopError(f"ensemble method '{method}' was not fitted: pick one of {sorted(fitted)}")
+
+    def scores(p):
+        """Accuracy and log-loss on the holdout (NaN when there is none)."""
+        if not len(y):
+            return float("nan"), float("nan")
+        return 1 - error(p, vocab, labels), blend.log_loss(p, y)
+
+    rows = []
+    for r, wi in zip(members, plan_w):
+        acc, ll = scores(r.holdout_probs)
+        rows.append({"run": r.name, "arch": r.arch, "weight": float(wi), "valid_error": r.valid_error,
+                     "holdout_accuracy": acc, "holdout_logloss": ll, "scored_on": "holdout", "weights": ""})
+    names = [r.name for r in members]
+    shown = [(f.name, _DESC[f.method], f) for f in fitted.values()]
+    for run, arch, f in [*shown, ("ensemble", f"{fitted[method].name} (submission)", fitted[method])]:
+        acc, ll = scores(f.holdout_probs)
+        rows.append({"run": run, "arch": arch, "weight": float("nan"), "valid_error": float("nan"),
+                     "holdout_accuracy": acc, "holdout_logloss": ll, "scored_on": f.scored_on,
+                     "weights": ", ".join(f"{n} {w:.2f}" for n, w in zip(names, f.weights) if round(w, 2) > 0)})
     return pd.DataFrame(rows)
 
 

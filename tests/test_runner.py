@@ -47,7 +47,8 @@ def test_end_to_end_outputs(base, tiny_data):
         m = json.loads((out / "train" / run / "manifest.json").read_text())
         assert m["outputs"] == ["preds.npz"] and m["params"]["arch"] in ("test_resnet", "test_convnext")
     table = pd.read_csv(out / "ensemble" / "holdout.csv")
-    assert table.run.tolist() == ["res", "cnx", "ensemble"] and table.holdout_accuracy.between(0, 1).all()
+    assert table.run.tolist()[:2] == ["res", "cnx"] and table.run.tolist()[-1] == "ensemble"
+    assert table.holdout_accuracy.between(0, 1).all()
     assert table.weight.tolist()[:2] == [2.0, 1.0]
     status = pipeline("status", "--params", plan).stdout
     assert status.count("complete") == 3
@@ -182,7 +183,8 @@ def test_failed_run_is_isolated(tmp_path, tiny_data):
     r = pipeline("run", "--params", plan, "--allow-partial", check=False)
     assert r.returncode == 1 and "train/res: up to date" in r.stdout
     assert "left out of the ensemble: train/broken" in r.stdout
-    assert pd.read_csv(out / "ensemble" / "holdout.csv").run.tolist() == ["res", "ensemble"]
+    runs = pd.read_csv(out / "ensemble" / "holdout.csv").run.tolist()
+    assert runs[0] == "res" and "broken" not in runs and runs[-1] == "ensemble"
     assert (out / "submission.csv").exists()
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import yaml
 
 from ..accum import check_accum
+from ..ensemble import FOLD_RE, fold_name
 from ..errors import RoadtopError
 from ..paddy import make_demo, resolve_data
 from ..paths import NOTEBOOKS, ROOT, iskaggle
@@ -83,6 +84,22 @@ def _stage_params(name, overrides, data, where):
     return nb, validate_params(nb, {**shared, **overrides}, where)
 
 
+def _fold_jobs(run: str, over: dict, where: str) -> list:
+    """A run's jobs as (name, overrides): itself, or with `folds: k` (k >= 2) k jobs <run>-fold<i> (fold=i)."""
+    if FOLD_RE.match(run):
+        raise RoadtopError(f"{where}: a run name ending in -fold<i> is kept for k-fold jobs: rename the run")
+    k = over.get("folds", 0)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise RoadtopError(f"{where}: folds={k!r}: use an integer k >= 2 (k-fold bagging) or 0 (one random split)")
+    if k < 2:
+        return [(run, over)]
+    if "fold" in over:
+        raise RoadtopError(f"{where}: 'fold' is set by the pipeline (one job per fold of folds: {k}): remove it")
+    if isinstance(over.get("seed"), bool) or not isinstance(over.get("seed"), int):
+        raise RoadtopError(f"{where}: folds: {k} needs seed: <int>, so that every fold job cuts the same folds")
+    return [(fold_name(run, i), {**over, "fold": i}) for i in range(k)]
+
+
 def load_plan(path=None, out_dir=None) -> Plan:
     """Read and check a plan: unknown keys, types, timm archs and fixed input sizes all fail here, in one line."""
     path = Path(path or DEFAULT_PLAN)
@@ -115,9 +132,10 @@ def load_plan(path=None, out_dir=None) -> Plan:
                 w = f"{where} run '{run}'"
                 if not isinstance(over, dict):
                     raise RoadtopError(f"{w}: a run is a mapping of parameters, e.g. {{arch: convnext_small}}")
-                nb, params = _stage_params(st.name, {**defaults, **over}, data, w)
-                check_arch(params["arch"], params["size"], w)
-                jobs.append(Job(f"{st.name}/{run}", st.name, nb, params, out / st.name / str(run)))
+                for job_name, fold_over in _fold_jobs(str(run), {**defaults, **over}, w):
+                    nb, params = _stage_params(st.name, fold_over, data, w)
+                    check_arch(params["arch"], params["size"], w)
+                    jobs.append(Job(f"{st.name}/{job_name}", st.name, nb, params, out / st.name / job_name))
         else:
             nb, params = _stage_params(st.name, sec, data, f"{where} {st.name}")
             if "arch" in params and "size" in params:  # a single-job stage that trains a timm model too

@@ -16,6 +16,7 @@ from .fingerprint import data_fingerprint, fingerprint, job_parts
 from .params import notebook_params
 from .plan import resolve_plan_data
 from .records import FAILED, MANIFEST, cause, job_state, record_failure
+from .report import write_report
 from .stages import stage
 
 __all__ = ["AUTOSAVE_S", "CHECKS", "Step", "execute_job", "check_data", "prepare_data", "ensemble_members",
@@ -212,4 +213,8 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
                  if states.get(j.name, {}).get("state") == "complete" and (plan.out_dir / name).exists()]
     for f in published:
         log(f"{f.stem}: {f}")
+    try:
+        log(f"report: {write_report(plan, states)}")
+    except Exception as e:  # noqa: BLE001 - the report only shows what ran: it must not fail the run
+        log(f"report not written: {cause(e)}")
     return 1 if failed else 0

@@ -1,0 +1,97 @@
+"""k-fold bagging: `folds: k` expands a run into k fold jobs whose validation folds cover every non-holdout image once."""
+
+import nbformat
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, tiny_plan
+
+from roadtop import ensemble, paddy, preds
+from roadtop.dag import plan as plan_mod
+from roadtop.errors import RoadtopError
+
+FOLD_PARAMS = {"folds": "int = 0  # k-fold bagging into k folds (0: one random split)",
+               "fold": "int = 0  # the fold to validate on"}
+
+
+@pytest.fixture
+def notebooks(tmp_path, monkeypatch):
+    """The project's notebooks; the training notebook's parameters cell declares `folds` and `fold`."""
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    for f in (ROOT / "notebooks").glob("*.ipynb"):
+        nb = nbformat.read(f, as_version=4)
+        if f.stem == "train":
+            cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+            declared = {line.split(":")[0] for line in cell.source.splitlines()}
+            cell.source += "".join(f"\n{k}: {v}" for k, v in FOLD_PARAMS.items() if k not in declared)
+        nbformat.write(nb, nb_dir / f.name)
+    monkeypatch.setattr(plan_mod, "NOTEBOOKS", nb_dir)
+    return nb_dir
+
+
+def test_seeded_five_folds_cover_every_non_holdout_image_once(tmp_path, tiny_data, notebooks):
+    f = tiny_plan(tmp_path, tiny_data, runs={"cnx": {"arch": "test_convnext", "folds": 5}, "res": {"arch": "test_resnet"}},
+                  defaults={"seed": 3})
+    plan = plan_mod.load_plan(f)
+    names = [j.name for j in plan.jobs]
+    assert names == [*(f"train/cnx-fold{i}" for i in range(5)), "train/res", "ensemble"]
+    folds = [j for j in plan.jobs if j.name.startswith("train/cnx-")]
+    assert [(j.params["folds"], j.params["fold"], j.params["seed"]) for j in folds] == [(5, i, 3) for i in range(5)]
+    assert [j.out_dir.name for j in folds] == [f"cnx-fold{i}" for i in range(5)]
+    assert plan.job("train/res").params.get("folds", 0) == 0 and plan.job("ensemble").needs == names[:-1]
+    # each fold job validates on the images paddy.fold_ids gives its fold: together, every non-holdout image once
+    trn, hold = paddy.split_files(tiny_data, plan.data["holdout_pct"], plan.data["holdout_seed"])
+    seen = {}
+    for j in folds:
+        fold_of = paddy.fold_ids([p.name for p in trn], [p.parent.name for p in trn], j.params["folds"], j.params["seed"])
+        for iid in (i for i, k in fold_of.items() if k == j.params["fold"]):
+            seen.setdefault(iid, []).append(j.name)
+    assert sorted(seen) == sorted(p.name for p in trn) and all(len(v) == 1 for v in seen.values())
+    assert not set(seen) & {p.name for p in hold}
+    # the fold jobs' out-of-fold predictions, bagged, cover them all
+    vocab, labels = paddy.LABELS, {p.name: p.parent.name for p in trn}
+    rng = np.random.default_rng(0)
+    runs = []
+    for j in folds:
+        ids = sorted(i for i, v in seen.items() if v == [j.name])
+        runs.append(preds.RunPreds(j.out_dir.name, "test_convnext", vocab, ["t"], np.full((1, 10), 0.1), [], [],
+                                   np.zeros((0, 10)), oof_ids=ids, oof_labels=[labels[i] for i in ids],
+                                   oof_probs=rng.dirichlet(np.ones(10), len(ids))))
+    bag = ensemble.bag_folds(runs)
+    assert len(bag) == 1 and sorted(bag[0].oof_ids) == sorted(p.name for p in trn)
+
+
+@pytest.mark.parametrize("run, msg", [
+    ({"arch": "test_convnext", "folds": 5, "seed": None}, "folds: 5 needs seed: <int>"),
+    ({"arch": "test_convnext", "folds": 5, "seed": 0, "fold": 2}, "'fold' is set by the pipeline"),
+    ({"arch": "test_convnext", "folds": "5", "seed": 0}, "folds='5': use an integer k >= 2"),
+])
+def test_bad_folds_are_refused_in_one_line(tmp_path, tiny_data, notebooks, run, msg):
+    with pytest.raises(RoadtopError, match=msg):
+        plan_mod.load_plan(tiny_plan(tmp_path, tiny_data, runs={"cnx": run}))
+
+
+def test_a_plain_run_may_not_look_like_a_fold(tmp_path, tiny_data, notebooks):
+    with pytest.raises(RoadtopError, match="run 'x-fold1'.*kept for k-fold jobs"):
+        plan_mod.load_plan(tiny_plan(tmp_path, tiny_data, runs={"x-fold1": {"arch": "test_resnet"}}))
+
+
+def test_folds_in_defaults_expand_every_run_and_each_fold_is_a_kaggle_kernel(tmp_path, tiny_data, notebooks):
+    from roadtop.kaggle import kernels
+
+    f = tiny_plan(tmp_path, tiny_data, defaults={"folds": 3, "seed": 0})
+    raw = yaml.safe_load(f.read_text())
+    raw["data"]["path"] = ""  # as on Kaggle: the competition's input
+    f.write_text(yaml.safe_dump(raw, sort_keys=False))
+    plan = plan_mod.load_plan(f)
+    assert [j.name for j in plan.jobs if j.stage == "train"] == [f"train/{r}-fold{i}" for r in ("res", "cnx")
+                                                                 for i in range(3)]
+    ks = kernels.build_kernels(plan, plan.jobs, "someone", write=False, log=lambda s: None)
+    by = {k.job.name: k for k in ks}
+    assert len(ks) == 7 and by["ensemble"].needs == [j.name for j in plan.jobs if j.stage == "train"]
+    for i in range(3):  # one kernel per fold, its notebook parameterised with its fold
+        job = by[f"train/cnx-fold{i}"].job
+        nb = kernels.kernel_notebook(job.notebook, job.params)
+        injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert f"fold = {i}\n" in injected.source and "folds = 3\n" in injected.source
