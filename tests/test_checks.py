@@ -115,6 +115,14 @@ def test_check_image_nested_one_folder_too_deep(broken):
                                        f"move it to {broken / 'train_images' / 'blast'}/ or use --skip-bad"]
 
 
+def test_check_image_outside_any_label_folder(broken):
+    f = next((broken / "train_images" / "blast").iterdir())
+    shutil.move(f, broken / "train_images" / f.name)
+    assert [str(p) for p in check_paddy(broken)] == [
+        f"{broken / 'train_images' / f.name}: image not in a label folder: "
+        f"move it to {broken / 'train_images' / '<label>'}/ or use --skip-bad"]
+
+
 def test_check_test_id_that_is_also_a_training_id(broken):
     t = next((broken / "test_images").iterdir())
     shutil.copy(t, broken / "train_images" / "blast" / t.name)
