@@ -100,8 +100,8 @@ def test_check_label_in_train_csv_disagrees_with_the_folder(broken):
     df.to_csv(broken / "train.csv", index=False)
     probs = check_paddy(broken)
     assert [str(p) for p in probs] == [
-        f"{broken / 'train.csv'}: row {row.image_id} says '{other}' but the image is in '{row.label}/': "
-        f"fix the row or move the image (or use --skip-bad)"]
+        (f"{broken / 'train.csv'}: row {row.image_id} says '{other}' but the image is in '{row.label}/': "
+        f"fix the row or move the image (or use --skip-bad)")]
     assert probs[0].image == row.image_id
 
 
@@ -111,8 +111,16 @@ def test_check_image_nested_one_folder_too_deep(broken):
     g = broken / "train_images" / "blast" / "more" / f.name
     shutil.move(f, g)
     probs = check_paddy(broken)
-    assert [str(p) for p in probs] == [f"{g}: image nested too deep (not directly in a label folder): "
-                                       f"move it to {broken / 'train_images' / 'blast'}/ or use --skip-bad"]
+    assert [str(p) for p in probs] == [(f"{g}: image nested too deep (not directly in a label folder): "
+                                       f"move it to {broken / 'train_images' / 'blast'}/ or use --skip-bad")]
+
+
+def test_check_image_outside_any_label_folder(broken):
+    f = next((broken / "train_images" / "blast").iterdir())
+    shutil.move(f, broken / "train_images" / f.name)
+    assert [str(p) for p in check_paddy(broken)] == [
+        (f"{broken / 'train_images' / f.name}: image not in a label folder: "
+        f"move it to {broken / 'train_images' / '<label>'}/ or use --skip-bad")]
 
 
 def test_check_test_id_that_is_also_a_training_id(broken):
@@ -123,16 +131,16 @@ def test_check_test_id_that_is_also_a_training_id(broken):
     pd.concat([df, row]).to_csv(broken / "train.csv", index=False)
     probs = check_paddy(broken)
     assert [str(p) for p in probs] == [
-        f"{t}: test image id also a training image ({broken / 'train_images' / 'blast' / t.name}): "
-        f"a test image must not be in train_images/: download the competition data again"]
+        (f"{t}: test image id also a training image ({broken / 'train_images' / 'blast' / t.name}): "
+        f"a test image must not be in train_images/: download the competition data again")]
 
 
 def test_check_duplicate_ids_in_sample_submission(broken):
     sub = pd.read_csv(broken / "sample_submission.csv", dtype=str, keep_default_na=False)
     pd.concat([sub, sub.iloc[[2]]]).to_csv(broken / "sample_submission.csv", index=False)
     assert [str(p) for p in check_paddy(broken)] == [
-        f"{broken / 'sample_submission.csv'}: duplicate image id(s) {sub.image_id[2]}: keep one row per test image "
-        f"(or use the competition's sample_submission.csv)"]
+        (f"{broken / 'sample_submission.csv'}: duplicate image id(s) {sub.image_id[2]}: keep one row per test image "
+        f"(or use the competition's sample_submission.csv)")]
 
 
 @pytest.mark.parametrize("name", ["train.csv", "sample_submission.csv"])

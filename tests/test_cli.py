@@ -28,8 +28,8 @@ def test_status_pending_failed_and_waiting(tmp_path, tiny_data, capsys):
     cli.main(["status", "--params", str(plan)])
     got = rows(capsys.readouterr().out)
     assert got["train/res"] == ("failed", "NameError: x")
-    assert got["ensemble"] == ("pending", "waits: 1 run(s) not complete (train/res); --allow-partial ensembles "
-                                          "the 1 complete run(s)")
+    assert got["ensemble"] == ("pending", ("waits: 1 run(s) not complete (train/res); --allow-partial ensembles "
+                                          "the 1 complete run(s)"))
     cli.main(["status", "--params", str(plan), "--allow-partial"])
     assert rows(capsys.readouterr().out)["ensemble"] == ("pending", "(left out of the ensemble: train/res)")
 

@@ -85,9 +85,13 @@ def check_paddy(path, labels=None, threads: int = 4) -> list:
     seen, nested = {}, set()
     for f in trn:
         if f.parent.parent != path / "train_images":
-            up = f.parent.parent if f.parent.parent.parent == path / "train_images" else path / "train_images/<label>"
-            probs.append(Problem(str(f), "image nested too deep (not directly in a label folder)",
-                                 f"move it to {up}/ or use --skip-bad", image=f.name))
+            root = path / "train_images"
+            if f.parent == root:
+                what, up = "image not in a label folder", root / "<label>"
+            else:
+                what = "image nested too deep (not directly in a label folder)"
+                up = f.parent.parent if f.parent.parent.parent == root else root / "<label>"
+            probs.append(Problem(str(f), what, f"move it to {up}/ or use --skip-bad", image=f.name))
             nested.add(f.name)
             continue
         if f.parent.name not in labels:
