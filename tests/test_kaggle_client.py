@@ -182,3 +182,14 @@ def test_offline_username(monkeypatch, tmp_path):
     assert client.offline_username() == "xdg"
     monkeypatch.setenv("KAGGLE_USERNAME", "env")
     assert client.offline_username() == "env"
+
+
+def test_a_lost_answer_without_a_local_record_is_pushed_again_not_taken_for_the_old_version(plan, fake):
+    """outputs/ wiped (no kernels.json): a 5xx that made nothing must not record Kaggle's existing version."""
+    quiet = {"log": lambda s: None, "sleep": Sleeps(), "out": io.StringIO()}
+    assert flow.push(plan, runs=["train/resnet"], **quiet) == 0 and fake.versions[ref("train/resnet")] == 1
+    (settings.kaggle_dir(plan) / "kernels.json").unlink()
+    fake.fail("SaveKernel", 503)  # the new push is lost before Kaggle made anything
+    assert flow.push(plan, runs=["train/resnet"], force=True, **quiet) == 0
+    assert len(fake.calls("SaveKernel")) == 3 and fake.versions[ref("train/resnet")] == 2
+    assert record.load_state(plan)["kernels"]["train/resnet"]["version"] == 2

@@ -71,8 +71,10 @@ def _push_one(api, plan, k: Kernel, st, state, log, sleep):
     hint = {403: f"accept the rules at https://www.kaggle.com/competitions/{st.competition}/rules and check "
                  f"that {k.ref.split('/')[0]} owns {k.ref} and may use {srcs}",
             404: f"one of {srcs} does not exist: check kaggle.* in the plan"}
-    before = state["kernels"].get(k.name, {}).get("version")
     kw = {"run": k.name, "st": st, "log": log, "sleep": sleep}
+    before = state["kernels"].get(k.name, {}).get("version")
+    if before is None:  # no record here (outputs wiped, another machine): ask Kaggle which version exists now
+        before = call_kaggle(kernel_version, api, k.ref, what=f"version check of {k.ref}", **kw)
 
     def recover(code):
         """After a 5xx/no answer: the version SaveKernel made anyway, if it made one (never push twice)."""
@@ -195,7 +197,7 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
             try:
                 _push_one(api, plan, k, st, state, log, sleep)
             except SlotBusy as e:
-                refused, cap = True, busy or cap  # the account runs fewer than asked (or others hold them)
+                refused = True  # the account runs fewer than asked now (or others hold them): retry next poll
                 notes[k.name] = "Kaggle: GPU sessions busy"
                 if refusals == 0:
                     log(f"{e}: the next GPU kernel goes when one of the {busy} running here ends")
