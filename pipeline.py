@@ -9,6 +9,7 @@ import sys
 
 from roadtop.dag import cli
 from roadtop.kaggle.cli import add_subcommands
+from roadtop.kaggle.settings import settings
 
 
 def _kaggle(sub):
@@ -18,7 +19,7 @@ def _kaggle(sub):
 
 def main(argv=None) -> int:
     """`pipeline.py ARGS`: the local pipeline's commands plus `kaggle`."""
-    return cli.main(argv, extra=[_kaggle])
+    return cli.main(argv, extra=[_kaggle], plan_checks=[settings])  # the kaggle: section is checked too
 
 
 if __name__ == "__main__":

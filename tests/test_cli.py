@@ -38,3 +38,23 @@ def test_bad_plan_is_one_error_line_and_exit_2(tmp_path, capsys):
     assert cli.main(["validate", "--params", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "nope.yaml does not exist" in err
+
+
+def test_pipeline_checks_the_kaggle_section_before_anything(tmp_path, capsys):
+    """`validate` (and every command) through pipeline.py checks the kaggle: section: one line, exit 2."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "pipeline.py")
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    text = (ROOT / "params" / "paddy.yaml").read_text()
+    for bad, said in (("max_gpu_sessions: 0", "kaggle.max_gpu_sessions=0 should be 1 or more"),
+                      ("weekly_gpu_hours: lots", "kaggle.weekly_gpu_hours='lots' should be float")):
+        key = bad.split(":")[0]
+        f = tmp_path / "plan.yaml"
+        f.write_text("\n".join(f"  {bad}" if ln.strip().startswith(f"{key}:") else ln for ln in text.splitlines()))
+        assert pipeline.main(["validate", "--params", str(f)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0], err

@@ -177,7 +177,9 @@ def check_plan(plan, override: bool = False, log=print) -> int:
     # One session runs the whole plan, unless the plan fans out as Kaggle kernels (one session each: kaggle_budget)
     over = [] if plan.kaggle else [r["run"] for r in rows if r["cumulative"] > hours * 3600]
     unfit = [r["run"] for r in rows if not r["fits"]]
-    log(f"total {total / 3600:.2f} h of time_budget_h {hours:g} (speed measured on {probe.get('device')}; "
+    within = (f"one Kaggle session each (time_budget_h {hours:g} a run, checked below)" if plan.kaggle else
+              f"of time_budget_h {hours:g}")
+    log(f"total {total / 3600:.2f} h on one GPU, {within} (speed measured on {probe.get('device')}; "
         f"{RUN_OVERHEAD_S:g} s a run for start-up)")
     problems = []
     if over:

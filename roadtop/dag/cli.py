@@ -24,7 +24,11 @@ __all__ = ["parser", "main"]
 
 
 def _plan(args):
-    return load_plan(args.params, getattr(args, "out", None))
+    """The plan named by --params (with --out), checked by every check the entry point added."""
+    plan = load_plan(args.params, getattr(args, "out", None))
+    for check in getattr(args, "plan_checks", ()):  # e.g. the kaggle: section's settings, from pipeline.py
+        check(plan)
+    return plan
 
 
 def cmd_run(args) -> int:
@@ -89,8 +93,9 @@ def cmd_status(args) -> int:
     return 0
 
 
-def parser(extra=()) -> argparse.ArgumentParser:
-    """The CLI's argument parser; each of `extra` adds commands to its subparsers."""
+def parser(extra=(), plan_checks=()) -> argparse.ArgumentParser:
+    """The CLI's argument parser; each of `extra` adds commands to its subparsers, each of `plan_checks(plan)`
+    checks a loaded plan further (raising RoadtopError)."""
     p = argparse.ArgumentParser(prog="pipeline.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -115,12 +120,13 @@ def parser(extra=()) -> argparse.ArgumentParser:
     pl.add_argument("--override", action="store_true", help="accept a plan over the time or memory budget")
     for add_more in extra:  # e.g. roadtop.kaggle.cli.add_subcommands, from pipeline.py
         add_more(sub)
+    p.set_defaults(plan_checks=tuple(plan_checks))
     return p
 
 
-def main(argv=None, extra=()) -> int:
+def main(argv=None, extra=(), plan_checks=()) -> int:
     """Entry point: one clear line and exit code 2 on bad input."""
-    args = parser(extra).parse_args(argv)
+    args = parser(extra, plan_checks).parse_args(argv)
     t0 = time.time()
     try:
         return args.func(args)
