@@ -16,7 +16,7 @@ from .paths import KAGGLE_INPUT, default_out, iskaggle
 
 __all__ = [
     "COMPETITION", "LABELS", "LABEL_COUNTS", "VARIETIES", "VARIETY_SHARES",
-    "make_demo", "resolve_data", "read_train_csv", "holdout_ids", "split_files", "test_files",
+    "make_demo", "resolve_data", "read_train_csv", "holdout_ids", "split_files", "test_files", "fold_ids",
     "read_sample_submission",
 ]
 
@@ -182,6 +182,25 @@ def holdout_ids(image_ids, labels, pct: float, seed: int) -> set:
             n = max(n, 1)
         rng = np.random.default_rng([seed, i])
         out.update(g["id"].to_numpy()[rng.permutation(len(g))[:n]].tolist())
+    return out
+
+
+def fold_ids(image_ids, labels, k: int, seed: int = 42) -> dict:
+    """{image id: fold in 0..k-1}: a seeded, per-label stratified k-fold (each label dealt round the folds in turn).
+
+    Depends only on the ids, labels, `k` and `seed`, so every run of a k-fold plan agrees on the folds.
+    """
+    ids, labels = list(image_ids), list(labels)
+    if not isinstance(k, int) or k < 2:
+        raise RoadtopError(f"folds={k!r}: k-fold needs k >= 2 (or folds: 0 for a random split)")
+    if len(ids) < k:
+        raise RoadtopError(f"folds={k} but only {len(ids)} training images: use fewer folds")
+    out, start = {}, 0
+    df = pd.DataFrame({"id": ids, "label": labels}).sort_values("id")
+    for i, (_, g) in enumerate(sorted(df.groupby("label"), key=lambda kv: kv[0])):
+        order = g["id"].to_numpy()[np.random.default_rng([seed, i]).permutation(len(g))]
+        out.update({iid: (start + j) % k for j, iid in enumerate(order.tolist())})
+        start = (start + len(g)) % k  # the next label starts where this one stopped: folds stay even in size
     return out
 
 
