@@ -1,5 +1,5 @@
 """Collaborative filtering plumbing: the seeded split, fastai DataLoaders on it, RMSE, and `fit_collab` (beyond the
-lesson). The lesson's models (`DotProduct`, `DotProductBias`, `create_params`) are written in notebooks/collab.ipynb.
+lesson). The lesson's models, built from scratch, are written in notebooks/collab.ipynb.
 
 `fit_collab` fits biased matrix factorisation r̂ = μ + b_user + b_movie + p_user·q_movie to all the ratings at
 once: MovieLens' 80k training ratings are a 943 × 1682 sparse matrix, so every step solves for all users (then

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 METRICS = "metrics.json"
-_COLS = ["disease_err_valid", "disease_err_holdout", "variety_err_valid", "variety_err_holdout"]
+_COLS = ["disease_error_valid", "disease_error_holdout", "variety_error_valid", "variety_error_holdout"]
 
 
 def check_varieties(path, files) -> dict:
@@ -57,13 +57,13 @@ def chance_error(n_classes: int) -> float:
 
 
 def summary(learn, hold_disease, hold_variety, hold_labels, hold_varieties) -> dict:
-    """One model's errors: disease/variety on validation (`learn.validate`) and on the holdout (given TTA probs)."""
-    names = ["loss"] + [m.name for m in learn.metrics]
-    valid = dict(zip(names, (float(v) for v in learn.validate())))
+    """One model's errors: disease/variety on validation (`learn.validate`, metrics disease error first, then variety
+    error) and on the holdout (given TTA probs)."""
+    valid = [float(v) for v in learn.validate()]  # loss, then the metrics: disease error (, variety error, ...)
     d_vocab, v_vocab = learn.dls.vocab
-    return {"disease_err_valid": valid["disease_err"], "disease_err_holdout": error(hold_disease, d_vocab, hold_labels),
-            "variety_err_valid": valid.get("variety_err"),
-            "variety_err_holdout": None if hold_variety is None else error(hold_variety, v_vocab, hold_varieties)}
+    return {"disease_error_valid": valid[1], "disease_error_holdout": error(hold_disease, d_vocab, hold_labels),
+            "variety_error_valid": valid[2] if len(valid) > 2 else None,
+            "variety_error_holdout": None if hold_variety is None else error(hold_variety, v_vocab, hold_varieties)}
 
 
 def reference_errors(dls, hold_labels, hold_varieties) -> dict:
@@ -81,10 +81,10 @@ def reference_errors(dls, hold_labels, hold_varieties) -> dict:
         common = pd.Series([t[k] for t in trn]).mode().iloc[0]
         return float(np.mean([lab != common for lab in labels])) if len(labels) else float("nan")
 
-    uniform = {"disease_err_valid": chance_error(len(d_vocab)), "disease_err_holdout": chance_error(len(d_vocab)),
-               "variety_err_valid": chance_error(len(v_vocab)), "variety_err_holdout": chance_error(len(v_vocab))}
-    common = {"disease_err_valid": top_err(0, [t[0] for t in val]), "disease_err_holdout": top_err(0, hold_labels),
-              "variety_err_valid": top_err(1, [t[1] for t in val]), "variety_err_holdout": top_err(1, hold_varieties)}
+    uniform = {"disease_error_valid": chance_error(len(d_vocab)), "disease_error_holdout": chance_error(len(d_vocab)),
+               "variety_error_valid": chance_error(len(v_vocab)), "variety_error_holdout": chance_error(len(v_vocab))}
+    common = {"disease_error_valid": top_err(0, [t[0] for t in val]), "disease_error_holdout": top_err(0, hold_labels),
+              "variety_error_valid": top_err(1, [t[1] for t in val]), "variety_error_holdout": top_err(1, hold_varieties)}
     return {"uniform_guess": uniform, "most_common_class": common}
 
 

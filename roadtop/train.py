@@ -1,7 +1,7 @@
 """Plumbing for the training notebook: checks, local weights, Swin's channels-last bodies, the plan's runs, workers.
 
-The lesson's `train()` itself (DataBlock, `GradientAccumulation(64)`, `vision_learner`, `fine_tune`, TTA) is written
-in notebooks/train.ipynb, where the learner reads it.
+The lesson's `train()` itself (the DataBlock, gradient accumulation, `vision_learner`, `fine_tune`, TTA) is
+written in notebooks/train.ipynb, where the learner reads it.
 """
 
 import json
