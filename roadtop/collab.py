@@ -1,4 +1,5 @@
-"""Collaborative filtering: the lesson's models from scratch, and `fit_collab`, the trainer to use.
+"""Collaborative filtering plumbing: the seeded split, fastai DataLoaders on it, RMSE, and `fit_collab` (beyond the
+lesson). The lesson's models, built from scratch, are written in notebooks/collab.ipynb.
 
 `fit_collab` fits biased matrix factorisation r̂ = μ + b_user + b_movie + p_user·q_movie to all the ratings at
 once: MovieLens' 80k training ratings are a 943 × 1682 sparse matrix, so every step solves for all users (then
@@ -20,17 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from .errors import RoadtopError
 
 __all__ = [
-    "sigmoid_range",
-    "embedding",
-    "create_params",
-    "DotProduct",
-    "DotProductBias",
-    "DotProductBiasCP",
+    "sample_ratings",
     "rmse",
     "split_ratings",
     "collab_dls",
@@ -38,80 +33,6 @@ __all__ = [
     "sweep_wd",
     "fit_collab",
 ]
-
-
-# ---------------------------------------------------------------- the lesson's models
-
-
-def sigmoid_range(x, lo, hi):
-    """Squash `x` into (lo, hi) with a sigmoid, as fastai's `sigmoid_range`."""
-    return torch.sigmoid(x) * (hi - lo) + lo
-
-
-def embedding(n, n_factors):
-    """`nn.Embedding` started small (truncated N(0, 0.01)), as fastai's `Embedding`: torch's default N(0, 1)
-    would make 50-factor dot products so large that `sigmoid_range` saturates and training stalls."""
-    emb = nn.Embedding(n, n_factors)
-    nn.init.trunc_normal_(emb.weight, std=0.01, a=-0.02, b=0.02)
-    return emb
-
-
-def create_params(size):
-    """A trainable tensor of `size` drawn from N(0, 0.01), the lesson's stand-in for `Embedding`."""
-    return nn.Parameter(torch.zeros(*size).normal_(0, 0.01))
-
-
-class DotProduct(nn.Module):
-    """User factors · movie factors, optionally squashed into `y_range` (the lesson's first model)."""
-
-    def __init__(self, n_users, n_movies, n_factors, y_range=None):
-        """Two embedding tables of `n_factors` columns."""
-        super().__init__()
-        self.user_factors = embedding(n_users, n_factors)
-        self.movie_factors = embedding(n_movies, n_factors)
-        self.y_range = y_range
-
-    def forward(self, x):
-        """x: (batch, 2) long tensor of (user, movie) indices → predicted ratings."""
-        res = (self.user_factors(x[:, 0]) * self.movie_factors(x[:, 1])).sum(dim=1)
-        return res if self.y_range is None else sigmoid_range(res, *self.y_range)
-
-
-class DotProductBias(DotProduct):
-    """`DotProduct` plus one learned bias per user and per movie."""
-
-    def __init__(self, n_users, n_movies, n_factors, y_range=(0, 5.5)):
-        """Adds the two bias tables."""
-        super().__init__(n_users, n_movies, n_factors, y_range)
-        self.user_bias = embedding(n_users, 1)
-        self.movie_bias = embedding(n_movies, 1)
-
-    def forward(self, x):
-        """Dot product plus both biases, squashed into `y_range`."""
-        users, movies = x[:, 0], x[:, 1]
-        res = (self.user_factors(users) * self.movie_factors(movies)).sum(dim=1, keepdim=True)
-        res = res + self.user_bias(users) + self.movie_bias(movies)
-        return sigmoid_range(res, *self.y_range).squeeze(1)
-
-
-class DotProductBiasCP(nn.Module):
-    """`DotProductBias` written with `create_params` and plain indexing instead of `Embedding`."""
-
-    def __init__(self, n_users, n_movies, n_factors, y_range=(0, 5.5)):
-        """Four parameter tensors; indexing them is what `Embedding` does."""
-        super().__init__()
-        self.user_factors = create_params([n_users, n_factors])
-        self.user_bias = create_params([n_users])
-        self.movie_factors = create_params([n_movies, n_factors])
-        self.movie_bias = create_params([n_movies])
-        self.y_range = y_range
-
-    def forward(self, x):
-        """Same maths as `DotProductBias`."""
-        users, movies = x[:, 0], x[:, 1]
-        res = (self.user_factors[users] * self.movie_factors[movies]).sum(dim=1)
-        res = res + self.user_bias[users] + self.movie_bias[movies]
-        return sigmoid_range(res, *self.y_range)
 
 
 # ---------------------------------------------------------------- helpers
@@ -123,6 +44,13 @@ def rmse(pred, target, clip=(1, 5)) -> float:
     if clip is not None:
         pred = np.clip(pred, *clip)
     return float(np.sqrt(np.mean((pred - target) ** 2)))
+
+
+def sample_ratings(df: pd.DataFrame, frac: float = 1.0, seed: int = 42) -> pd.DataFrame:
+    """A seeded random `frac` of the rows of `df` (all of them, in order, for frac 1)."""
+    if not 0 < frac <= 1:
+        raise RoadtopError(f"sample={frac} is out of range: use a share of the ratings in (0, 1], e.g. 0.25")
+    return df if frac == 1 else df.sample(frac=frac, random_state=seed).reset_index(drop=True)
 
 
 def split_ratings(df: pd.DataFrame, valid_pct: float = 0.2, seed: int = 42):

@@ -1,17 +1,16 @@
-"""Lesson 7 part 4: one model, two targets (disease and rice variety) — DataBlock, sliced loss, metrics, TTA."""
+"""Plumbing for the multi-target notebook (lesson 7 part 4): variety checks, reference errors, the results table.
+
+The lesson's code itself (`get_variety`, the two-`CategoryBlock` DataBlock, the loss and metric functions on the
+two slices of the output) is written in notebooks/multitarget.ipynb.
+"""
 
 import json
 import math
-import random
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
-from fastai.vision.all import CategoryBlock, ImageBlock, error_rate, parent_label, set_seed
 
-from . import train
 from .errors import RoadtopError
 from .paddy import read_train_csv
 from .paths import atomic_write
@@ -19,39 +18,28 @@ from .preds import error
 
 __all__ = [
     "METRICS",
-    "Targets",
     "chance_error",
     "check_varieties",
-    "dataloaders",
-    "error",
-    "learner",
-    "n_outputs",
     "reference_errors",
     "results_table",
     "save_metrics",
     "summary",
-    "tta_target_probs",
-    "variety_lookup",
 ]
 
 METRICS = "metrics.json"
-_COLS = ["disease_err_valid", "disease_err_holdout", "variety_err_valid", "variety_err_holdout"]
+_COLS = ["disease_error_valid", "disease_error_holdout", "variety_error_valid", "variety_error_holdout"]
 
 
-def variety_lookup(data, source="train.csv"):
-    """`variety_of_image(file)`: an image's variety from train.csv by file name; `data` = Paddy folder or its table."""
-    if isinstance(data, (str, Path)):
-        source = Path(data) / "train.csv"
-        train_df = read_train_csv(data)
-    else:
-        train_df = data
-    dup = train_df["image_id"][train_df["image_id"].duplicated()]
+def check_varieties(path, files) -> dict:
+    """{image id: variety} for every file, from train.csv; one clear error naming the first bad row or image."""
+    source = Path(path) / "train.csv"
+    df = read_train_csv(path)
+    dup = df["image_id"][df["image_id"].duplicated()]
     if len(dup):
         raise RoadtopError(f"{source}: image_id {dup.iloc[0]} appears more than once: keep one row per image")
-    table = dict(zip(train_df["image_id"].astype(str), train_df["variety"]))
-
-    def variety_of_image(f) -> str:
-        """The `variety` cell of train.csv for image file `f`; one clear error if the row or the value is missing."""
+    table = dict(zip(df["image_id"].astype(str), df["variety"]))
+    out = {}
+    for f in files:
         iid = Path(f).name
         if iid not in table:
             raise RoadtopError(f"image {iid} has no row in {source}: add it (image_id,label,variety,age) "
@@ -59,145 +47,8 @@ def variety_lookup(data, source="train.csv"):
         v = table[iid]
         if v is None or (isinstance(v, float) and np.isnan(v)) or not str(v).strip():
             raise RoadtopError(f"image {iid} has an empty variety in {source}: fill in its variety")
-        return str(v).strip()
-
-    return variety_of_image
-
-
-def check_varieties(files, variety_of_image) -> list:
-    """Every file's variety, looked up now, so a bad row fails before training, naming the image."""
-    return [variety_of_image(f) for f in files]
-
-
-def dataloaders(path, files, item_method="squish", item_size=480, size=224, accum=1, valid_pct=0.2, seed=None,
-                variety_of_image=None, **kw):
-    """Lesson 7's `DataBlock((ImageBlock, CategoryBlock, CategoryBlock), n_inp=1, get_y=[parent_label, variety])`.
-
-    Both vocabs are fixed from all of `files` (sorted), so a rare variety that lands only in validation still has a
-    column, and the disease vocab is the one the single-target runs use.
-    """
-    variety_of_image = variety_of_image or variety_lookup(path)
-    files = list(files)
-    diseases = sorted({parent_label(f) for f in files})
-    varieties = sorted(set(check_varieties(files, variety_of_image)))
-    blocks = (ImageBlock, CategoryBlock(vocab=diseases), CategoryBlock(vocab=varieties))
-    return train.dataloaders(path, files, item_method, item_size, size, accum, valid_pct, seed,
-                             get_y=[parent_label, variety_of_image], blocks=blocks, n_inp=1, **kw)
-
-
-def n_outputs(dls) -> tuple:
-    """(number of diseases, number of varieties), read from the two target vocabs."""
-    vocabs = dls.vocab
-    if len(vocabs) != 2 or isinstance(vocabs[0], str):
-        raise RoadtopError(f"expected dataloaders with two category targets (disease, variety), got vocab {vocabs!r}: "
-                           f"build them with roadtop.multitarget.dataloaders")
-    return len(vocabs[0]), len(vocabs[1])
-
-
-class Targets:
-    """The disease/variety slices of one output vector: sliced losses, their weighted sum, metrics, activation.
-
-    Outputs `[:, :n_disease]` are disease logits and `[:, n_disease:]` variety logits. A disease-only head
-    (`n_variety=0`) uses the same DataBlock and ignores the variety target.
-    """
-
-    def __init__(self, n_disease: int, n_variety: int = 0, disease_weight: float = 1.0, variety_weight: float = 1.0):
-        if n_disease < 1 or n_variety < 0:
-            raise RoadtopError(f"n_disease={n_disease}, n_variety={n_variety}: need at least one disease class")
-        for name, w in (("disease_weight", disease_weight), ("variety_weight", variety_weight)):
-            if not w >= 0:
-                raise RoadtopError(f"{name}={w} must be >= 0 (a loss weight)")
-        if disease_weight + (variety_weight if n_variety else 0) <= 0:
-            raise RoadtopError("disease_weight and variety_weight are both 0: the model would learn nothing")
-        self.n_disease, self.n_variety = n_disease, n_variety
-        self.disease_weight, self.variety_weight = float(disease_weight), float(variety_weight)
-
-    @property
-    def n_out(self) -> int:
-        """Outputs the head needs: diseases + varieties (10 + 10 = 20 on Paddy)."""
-        return self.n_disease + self.n_variety
-
-    def _check(self, inp):
-        """`inp` itself, if it is (batch, n_out); else one line saying what the head should output."""
-        if inp.ndim != 2 or inp.shape[1] != self.n_out:
-            raise RoadtopError(f"model output has shape {tuple(inp.shape)}, expected (batch, {self.n_out}) = "
-                               f"{self.n_disease} diseases + {self.n_variety} varieties: build the learner with "
-                               f"n_out={self.n_out}")
-        return inp
-
-    def disease(self, inp):
-        """The disease logits: the first `n_disease` columns."""
-        return self._check(inp)[:, :self.n_disease]
-
-    def variety(self, inp):
-        """The variety logits: the columns after the diseases."""
-        if not self.n_variety:
-            raise RoadtopError("this is a disease-only head: it has no variety outputs")
-        return self._check(inp)[:, self.n_disease:]
-
-    def disease_loss(self, inp, disease, variety):
-        """Cross-entropy of the disease slice."""
-        return F.cross_entropy(self.disease(inp).float(), disease)
-
-    def variety_loss(self, inp, disease, variety):
-        """Cross-entropy of the variety slice."""
-        return F.cross_entropy(self.variety(inp).float(), variety)
-
-    def disease_err(self, inp, disease, variety):
-        """Error rate of the disease slice."""
-        return error_rate(self.disease(inp), disease)
-
-    def variety_err(self, inp, disease, variety):
-        """Error rate of the variety slice."""
-        return error_rate(self.variety(inp), variety)
-
-    def __call__(self, inp, disease, variety):
-        """The training loss: weighted disease loss + weighted variety loss (disease loss alone for a disease head)."""
-        loss = self.disease_weight * self.disease_loss(inp, disease, variety)
-        if self.n_variety:
-            loss = loss + self.variety_weight * self.variety_loss(inp, disease, variety)
-        return loss
-
-    def metrics(self) -> list:
-        """disease_err (and variety_err, disease_loss, variety_loss for the two-target head), shown each epoch."""
-        if not self.n_variety:
-            return [self.disease_err]
-        return [self.disease_err, self.variety_err, self.disease_loss, self.variety_loss]
-
-    def activation(self, inp):
-        """Softmax over each slice separately (fastai's get_preds/tta call this, so TTA averages probabilities)."""
-        parts = [F.softmax(self.disease(inp).float(), dim=1)]
-        if self.n_variety:
-            parts.append(F.softmax(self.variety(inp).float(), dim=1))
-        return torch.cat(parts, dim=1)
-
-    def __repr__(self):
-        """What the notebook shows for `learn.loss_func`."""
-        return (f"Targets(n_disease={self.n_disease}, n_variety={self.n_variety}, "
-                f"disease_weight={self.disease_weight}, variety_weight={self.variety_weight})")
-
-
-def learner(dls, arch, multi: bool = True, disease_weight=1.0, variety_weight=1.0, seed=None, **kw):
-    """`roadtop.train.learner` with a two-target head (`multi`) or a disease-only head, on the same DataLoaders."""
-    nd, nv = n_outputs(dls)
-    targets = Targets(nd, nv if multi else 0, disease_weight, variety_weight)
-    if seed is not None:  # same initial weights and the same batches for both heads
-        set_seed(seed, reproducible=True)
-        for dl in dls.loaders:
-            dl.rng = random.Random(seed)
-    return train.learner(dls, arch, metrics=targets.metrics(), loss_func=targets, n_out=targets.n_out, **kw)
-
-
-def tta_target_probs(learn, files, n: int = 4):
-    """(disease probs, variety probs or None) with TTA for `files`, in order; rows of each sum to 1."""
-    t = learn.loss_func
-    if len(files):
-        probs, _ = train.tta_probs(learn, files, n=n)
-    else:
-        probs = torch.zeros(0, t.n_out)
-    dis = probs[:, :t.n_disease]
-    var = probs[:, t.n_disease:] if t.n_variety else None
-    return dis, var
+        out[iid] = str(v).strip()
+    return out
 
 
 def chance_error(n_classes: int) -> float:
@@ -206,13 +57,13 @@ def chance_error(n_classes: int) -> float:
 
 
 def summary(learn, hold_disease, hold_variety, hold_labels, hold_varieties) -> dict:
-    """One model's errors: disease/variety on validation (`learn.validate`) and on the holdout (given TTA probs)."""
-    names = ["loss"] + [m.name for m in learn.metrics]
-    valid = dict(zip(names, (float(v) for v in learn.validate())))
+    """One model's errors: disease/variety on validation (`learn.validate`, metrics disease error first, then variety
+    error) and on the holdout (given TTA probs)."""
+    valid = [float(v) for v in learn.validate()]  # loss, then the metrics: disease error (, variety error, ...)
     d_vocab, v_vocab = learn.dls.vocab
-    return {"disease_err_valid": valid["disease_err"], "disease_err_holdout": error(hold_disease, d_vocab, hold_labels),
-            "variety_err_valid": valid.get("variety_err"),
-            "variety_err_holdout": None if hold_variety is None else error(hold_variety, v_vocab, hold_varieties)}
+    return {"disease_error_valid": valid[1], "disease_error_holdout": error(hold_disease, d_vocab, hold_labels),
+            "variety_error_valid": valid[2] if len(valid) > 2 else None,
+            "variety_error_holdout": None if hold_variety is None else error(hold_variety, v_vocab, hold_varieties)}
 
 
 def reference_errors(dls, hold_labels, hold_varieties) -> dict:
@@ -230,10 +81,10 @@ def reference_errors(dls, hold_labels, hold_varieties) -> dict:
         common = pd.Series([t[k] for t in trn]).mode().iloc[0]
         return float(np.mean([lab != common for lab in labels])) if len(labels) else float("nan")
 
-    uniform = {"disease_err_valid": chance_error(len(d_vocab)), "disease_err_holdout": chance_error(len(d_vocab)),
-               "variety_err_valid": chance_error(len(v_vocab)), "variety_err_holdout": chance_error(len(v_vocab))}
-    common = {"disease_err_valid": top_err(0, [t[0] for t in val]), "disease_err_holdout": top_err(0, hold_labels),
-              "variety_err_valid": top_err(1, [t[1] for t in val]), "variety_err_holdout": top_err(1, hold_varieties)}
+    uniform = {"disease_error_valid": chance_error(len(d_vocab)), "disease_error_holdout": chance_error(len(d_vocab)),
+               "variety_error_valid": chance_error(len(v_vocab)), "variety_error_holdout": chance_error(len(v_vocab))}
+    common = {"disease_error_valid": top_err(0, [t[0] for t in val]), "disease_error_holdout": top_err(0, hold_labels),
+              "variety_error_valid": top_err(1, [t[1] for t in val]), "variety_error_holdout": top_err(1, hold_varieties)}
     return {"uniform_guess": uniform, "most_common_class": common}
 
 

@@ -207,7 +207,7 @@ def holdout_ids(image_ids, labels, pct: float, seed: int) -> set:
     return out
 
 
-def fold_ids(image_ids, labels, k: int, seed: int) -> dict:
+def fold_ids(image_ids, labels, k: int, seed: int = 42) -> dict:
     """id -> fold in range(k): a per-label stratified partition, so each id is in exactly one fold's validation set.
 
     Depends only on the ids, their labels, `k` and `seed` (not on their order), so every fold job of a k-fold run
@@ -215,7 +215,10 @@ def fold_ids(image_ids, labels, k: int, seed: int) -> dict:
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 2:
         raise RoadtopError(f"folds={k!r}: k-fold needs an integer of at least 2 (e.g. folds: 5)")
-    df = pd.DataFrame({"id": list(image_ids), "label": list(labels)}).sort_values("id")
+    image_ids, labels = list(image_ids), list(labels)
+    if len(image_ids) < k:
+        raise RoadtopError(f"folds={k} but only {len(image_ids)} training images: use fewer folds")
+    df = pd.DataFrame({"id": image_ids, "label": labels}).sort_values("id")
     if df["id"].duplicated().any():
         raise RoadtopError(f"fold_ids: duplicate image id {df['id'][df['id'].duplicated()].iloc[0]}: ids must be unique")
     out, start = {}, 0

@@ -17,16 +17,27 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback, CancelBatchException, CancelFitException
 from fastai.torch_core import find_bs
+from fastai.vision.all import (
+    CategoryBlock,
+    DataBlock,
+    ImageBlock,
+    RandomSplitter,
+    Resize,
+    aug_transforms,
+    parent_label,
+    vision_learner,
+)
 from fastprogress.fastprogress import progress_bar
 
 from .accum import EFFECTIVE_BS, GIB, PROBE_JSON, check_accum, choose_accum, trial_fits
 from .errors import RoadtopError
 from .paths import atomic_write
-from .train import dataloaders, learner
+from .train import channels_first
+from .train import num_workers as default_workers
 
-__all__ = ["PROBE_CSV", "PROBE_PNG", "PROBE_VALID_PCT", "DEMO_RUNS", "budget_fraction", "emulate_budget", "device_info", "free_memory", "is_oom", "guarded_trial", "probe_files", "images_needed", "probe_trial", "probe_run", "probe_all", "probe_result", "trials_frame", "save_probe", "plot_probe"]
+__all__ = ["DEMO_RUNS", "PROBE_CSV", "PROBE_PNG", "PROBE_VALID_PCT", "budget_fraction", "device_info", "emulate_budget", "free_memory", "guarded_trial", "images_needed", "is_oom", "plot_probe", "probe_all", "probe_files", "probe_result", "probe_run", "probe_trial", "save_probe", "trials_frame"]
 
 PROBE_CSV, PROBE_PNG = "probe.csv", "probe.png"
 
@@ -131,12 +142,52 @@ def images_needed(steps: int) -> int:
     return math.ceil((1 + steps) * EFFECTIVE_BS / (1 - PROBE_VALID_PCT)) + 1
 
 
+def _dataloaders(path, files, spec: dict, accum: int, num_workers):
+    """The training notebook's DataLoaders for a trial: the run's item Resize and aug_transforms, bs 64 // accum."""
+    size = spec.get("size", 64)
+    item_size = spec.get("item_size", 128)
+    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=lambda _: list(files), get_y=parent_label,
+                       splitter=RandomSplitter(PROBE_VALID_PCT),
+                       item_tfms=Resize(item_size if isinstance(item_size, int) else tuple(item_size),
+                                        method=spec.get("item_method", "squish")),
+                       batch_tfms=aug_transforms(size=size if isinstance(size, int) else tuple(size), min_scale=0.75))
+    workers = default_workers() if num_workers is None else num_workers
+    return dblock.dataloaders(Path(path), bs=EFFECTIVE_BS // accum, num_workers=workers)
+
+
+class _StepEvery(Callback):
+    """One optimiser step per `accum` batches: the step pattern (hence memory and time) of gradient accumulation.
+
+    The training notebook attaches fastai's callback for this; the probe only needs its rhythm, not its loss scaling.
+    """
+
+    order, run_valid = 6, False  # before MixedPrecision (10), as fastai's accumulation callback
+
+    def __init__(self, accum: int):
+        self.accum = accum
+
+    def before_fit(self):
+        self.seen = 0
+
+    def before_step(self):
+        self.seen += 1
+        if self.seen % self.accum:
+            raise CancelBatchException()  # skip this step and zero_grad: the gradients keep adding up
+
+
+def _learner(dls, arch: str, accum: int):
+    """A random-weights `vision_learner` as the training notebook builds it (fp16 on a GPU), stepping every accum."""
+    learn = vision_learner(dls, arch, pretrained=False, metrics=[], cbs=[_StepEvery(accum)] if accum > 1 else [])
+    channels_first(learn.model)
+    return learn.to_fp16() if torch.cuda.is_available() else learn
+
+
 def _meter(measured: int, cap: int):
     """A fastai callback: times `measured` training batches after the first real optimiser step, then stops the
     fit (or after `cap` batches). fp16 steps skipped for overflow do not count: only a real step creates the
     optimiser state, and memory peaks after it."""
     class ProbeMeter(Callback):
-        order = 100  # after GradientAccumulation and MixedPrecision
+        order = 100  # after the accumulation step and MixedPrecision
 
         def before_fit(self):
             self.n, self.steps, self.timed, self.secs, self.imgs = 0, 0, 0, 0.0, 0
@@ -215,12 +266,11 @@ def _train_trial(path, files, spec: dict, accum: int, steps: int, batches, num_w
     learn = None
     measured = batches - accum if batches else steps * accum  # after a warm-up of one step (accum batches)
     try:
-        dls = dataloaders(path, files, spec.get("item_method", "squish"), spec.get("item_size", 128),
-                          spec.get("size", 64), accum, PROBE_VALID_PCT, None, num_workers=num_workers)
+        dls = _dataloaders(path, files, spec, accum, num_workers)
         if len(dls.train) == 0:
             raise RoadtopError(f"probe: {len(dls.train_ds)} training images make no batch of {dls.bs}: "
                                f"use more images (probe_images)")
-        learn = learner(dls, spec["arch"], pretrained=False, accum=accum, metrics=[])
+        learn = _learner(dls, spec["arch"], accum)
         if hasattr(learn, "mixed_precision"):  # start the fp16 loss scale low: fewer skipped (stateless) steps
             learn.mixed_precision.kwargs["init_scale"] = 2.0**10
         meter = _meter(measured, cap=measured + 9 * accum)

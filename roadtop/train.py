@@ -1,57 +1,34 @@
-"""Lesson 7's `train()`: DataBlock, item transform, gradient accumulation, fine_tune, TTA — split into steps."""
+"""Plumbing for the training notebook: checks, local weights, Swin's channels-last bodies, the plan's runs, workers.
 
+The lesson's `train()` itself (the DataBlock, gradient accumulation, `vision_learner`, `fine_tune`, TTA) is
+written in notebooks/train.ipynb, where the learner reads it.
+"""
+
+import json
 from pathlib import Path
 
 import torch
-from fastai.vision.all import (
-    CategoryBlock,
-    DataBlock,
-    GradientAccumulation,
-    ImageBlock,
-    RandomSplitter,
-    Resize,
-    ResizeMethod,
-    aug_transforms,
-    error_rate,
-    parent_label,
-    set_seed,
-    vision_learner,
-)
 
+from .accum import PROBE_JSON
 from .errors import RoadtopError
+from .paths import KAGGLE_INPUT, default_out
 from .weights import local_pretrained_cfg
 
-__all__ = ["ITEM_METHODS", "item_tfm", "batch_size", "dataloaders", "local_weights", "learner", "channels_first", "fit", "tta_probs"]
+__all__ = ["ITEM_METHODS", "channels_first", "check_item_method", "local_weights", "num_workers", "plan_runs"]
 
-ITEM_METHODS = {"squish": ResizeMethod.Squish, "crop": ResizeMethod.Crop, "pad": ResizeMethod.Pad}
+ITEM_METHODS = ("squish", "crop", "pad")  # fastai's ResizeMethod values
 
 
-def item_tfm(method: str, size):
-    """The per-image Resize: `squish` (whole image, distorted), `crop` (random crop), `pad` (letterbox)."""
+def check_item_method(method: str) -> str:
+    """`method` if fastai's `Resize` knows it (squish | crop | pad); else one line saying which to use."""
     if method not in ITEM_METHODS:
         raise RoadtopError(f"item_method='{method}' is unknown: use one of {sorted(ITEM_METHODS)}")
-    return Resize(size if isinstance(size, int) else tuple(size), method=ITEM_METHODS[method])
+    return method
 
 
-def batch_size(accum: int, effective: int = 64) -> int:
-    """Lesson 7: `bs = 64 // accum`, so accum batches make one effective batch of 64."""
-    if accum < 1 or effective % accum:
-        raise RoadtopError(f"accum={accum} must be a positive divisor of {effective} (1, 2, 4, 8, ...)")
-    return effective // accum
-
-
-def dataloaders(path, files, item_method="squish", item_size=480, size=224, accum=1, valid_pct=0.2, seed=None,
-                get_y=parent_label, blocks=(ImageBlock, CategoryBlock), n_inp=None, num_workers=None):
-    """DataLoaders over `files` (holdout already removed): random valid split, item resize, aug_transforms."""
-    if seed is not None:
-        set_seed(seed, reproducible=True)
-    size = size if isinstance(size, int) else tuple(size)
-    dblock = DataBlock(blocks=blocks, n_inp=n_inp, get_items=lambda _: list(files), get_y=get_y,
-                       splitter=RandomSplitter(valid_pct, seed=seed), item_tfms=item_tfm(item_method, item_size),
-                       batch_tfms=aug_transforms(size=size, min_scale=0.75))
-    if num_workers is None:  # worker processes only pay off when a GPU is waiting for images
-        num_workers = min(8, torch.get_num_threads()) if torch.cuda.is_available() else 0
-    return dblock.dataloaders(Path(path), bs=batch_size(accum), num_workers=num_workers)
+def num_workers() -> int:
+    """DataLoader worker processes: only worth it when a GPU is waiting for images (0 on CPU)."""
+    return min(8, torch.get_num_threads()) if torch.cuda.is_available() else 0
 
 
 def local_weights(arch: str, weights_dir) -> dict:
@@ -59,16 +36,6 @@ def local_weights(arch: str, weights_dir) -> dict:
     if not weights_dir:
         return {}
     return {"pretrained_cfg_overlay": local_pretrained_cfg(arch, weights_dir)}
-
-
-def learner(dls, arch, pretrained=True, accum=1, metrics=error_rate, weights_dir="", **kw):
-    """`vision_learner` on a timm arch with `GradientAccumulation(64)` and fp16 when a GPU is there."""
-    cbs = [GradientAccumulation(64)] if accum > 1 else []
-    if pretrained:
-        kw.update(local_weights(arch, weights_dir))
-    learn = vision_learner(dls, arch, pretrained=pretrained, metrics=metrics, cbs=cbs, **kw)
-    channels_first(learn.model)
-    return learn.to_fp16() if torch.cuda.is_available() else learn
 
 
 class _ToNCHW(torch.nn.Module):
@@ -86,19 +53,18 @@ def channels_first(model):
     return model
 
 
-def fit(learn, epochs: int, lr: float, finetune: bool = True):
-    """`fine_tune` for pretrained bodies (head first, then all); `fit_one_cycle` when training from scratch."""
-    if finetune:
-        learn.fine_tune(epochs, lr)
-    else:
-        learn.fit_one_cycle(epochs, lr)
-    return learn
+def plan_runs(out_dir=None, search=None) -> dict:
+    """The run plan's training runs {name: {arch, item_method, item_size, size}}, as the memory probe saved them.
 
-
-def tta_probs(learn, files, n: int = 4, with_labels: bool = False):
-    """TTA probabilities (mean over `n` augmented passes, blended with the plain pass) for `files`, in order."""
-    if not len(files):
-        return torch.zeros(0, len(learn.dls.vocab)), None
-    dl = learn.dls.test_dl(files, with_labels=with_labels)
-    probs, targs = learn.tta(dl=dl, n=n)
-    return probs.float(), targs
+    Looks for probe.json beside this run's folder (a pipeline run: <out>/train/<run> and <out>/probe), then in the
+    default outputs and Kaggle inputs; {} when no probe has run.
+    """
+    dirs = search if search is not None else [
+        *([Path(out_dir).parent.parent / "probe"] if out_dir else []), default_out("probe"),
+        *sorted(KAGGLE_INPUT.glob("*/probe")), *sorted(KAGGLE_INPUT.glob("*"))]
+    for d in map(Path, dirs):
+        f = d / PROBE_JSON
+        if f.exists():
+            runs = json.loads(f.read_text()).get("runs", {})
+            return {name: r["spec"] for name, r in runs.items() if name != "multitarget"}
+    return {}

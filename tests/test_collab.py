@@ -1,4 +1,4 @@
-"""The lesson's collab models, the trainer's weight-decay sweep and fit, and the notebook end to end."""
+"""The notebook's collab models (loaded from its export cells), the ALS trainer's sweep and fit, the notebook end to end."""
 
 import math
 
@@ -7,19 +7,15 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from nbexport import load
 
-from roadtop.collab import (
-    DotProduct,
-    DotProductBias,
-    DotProductBiasCP,
-    fit_collab,
-    rmse,
-    sigmoid_range,
-    split_ratings,
-    sweep_wd,
-)
+from roadtop.collab import fit_collab, rmse, sample_ratings, split_ratings, sweep_wd
 from roadtop.errors import RoadtopError
 from roadtop.movielens import load_ratings, make_movielens
+
+NB = load("collab.ipynb")  # the models exactly as the learner reads them in the notebook
+DotProduct, DotProductBias, DotProductBiasCP = NB["DotProduct"], NB["DotProductBias"], NB["DotProductBiasCP"]
+sigmoid_range, create_params = NB["sigmoid_range"], NB["create_params"]
 
 
 def test_embedding_lookup_is_one_hot_matmul():
@@ -30,6 +26,9 @@ def test_embedding_lookup_is_one_hot_matmul():
     torch.testing.assert_close(emb(idx), one_hot @ emb.weight)
     model = DotProduct(30, 40, 5)
     torch.testing.assert_close(model.user_factors(idx), one_hot @ model.user_factors.weight)
+    assert model.user_factors.weight.std() < 0.05  # fastai's Embedding starts small, so training can move it
+    p = create_params([300, 40])
+    assert p.requires_grad and p.shape == (300, 40) and 0.005 < float(p.detach().std()) < 0.02
 
 
 def test_sigmoid_range_bounds():
@@ -54,19 +53,19 @@ def _set(model, **weights):
 def test_from_scratch_models_match_hand_computation():
     users, movies = [[1.0, 2.0], [0.0, 1.0]], [[3.0, 1.0], [1.0, -1.0], [0.5, 0.5]]
     x = torch.tensor([[0, 0], [1, 1], [0, 2]])
-    # by hand: u0·m0 = 3 + 2 = 5, u1·m1 = 0 - 1 = -1, u0·m2 = 0.5 + 1 = 1.5
-    dot = _set(DotProduct(2, 3, 2), user_factors=users, movie_factors=movies)
-    torch.testing.assert_close(dot(x), torch.tensor([5.0, -1.0, 1.5]))
-    squashed = _set(DotProduct(2, 3, 2, y_range=(0, 5.5)), user_factors=users, movie_factors=movies)
+    # by hand: u0·m0 = 3 + 2 = 5, u1·m1 = 0 - 1 = -1, u0·m2 = 0.5 + 1 = 1.5, then squashed into (0, 5.5)
+    squashed = _set(DotProduct(2, 3, 2), user_factors=users, movie_factors=movies)
     expect = [5.5 / (1 + math.exp(-v)) for v in (5.0, -1.0, 1.5)]
     torch.testing.assert_close(squashed(x), torch.tensor(expect))
+    wide = _set(DotProduct(2, 3, 2, y_range=(1, 5)), user_factors=users, movie_factors=movies)
+    torch.testing.assert_close(wide(x), torch.tensor([1 + 4 / (1 + math.exp(-v)) for v in (5.0, -1.0, 1.5)]))
     biased = _set(DotProductBias(2, 3, 2), user_factors=users, movie_factors=movies,
                   user_bias=[[0.5], [-1.0]], movie_bias=[[0.0], [2.0], [-0.5]])
     expect = [5.5 / (1 + math.exp(-v)) for v in (5.0 + 0.5, -1.0 - 1.0 + 2.0, 1.5 + 0.5 - 0.5)]
-    torch.testing.assert_close(biased(x), torch.tensor(expect))
+    torch.testing.assert_close(biased(x).squeeze(1), torch.tensor(expect))
     cp = _set(DotProductBiasCP(2, 3, 2), user_factors=users, movie_factors=movies,
               user_bias=[0.5, -1.0], movie_bias=[0.0, 2.0, -0.5])
-    torch.testing.assert_close(cp(x), biased(x))
+    torch.testing.assert_close(cp(x), biased(x).squeeze(1))
 
 
 def _tensors(df):
@@ -161,13 +160,26 @@ def test_notebook_runs_with_small_params(small, tmp_path):
     folder, _ = small
     out = tmp_path / "out"
     pm.execute_notebook(str(NOTEBOOKS / "collab.ipynb"), str(tmp_path / "collab.ipynb"), cwd=str(NOTEBOOKS),
-                        parameters=dict(data=str(folder), out_dir=str(out), epochs=1, bs=2048, n_factors=8,
-                                        nn_layers=[16]), kernel_name="python3", progress_bar=False)
+                        parameters=dict(data=str(folder), out_dir=str(out), sample=1.0, epochs=1, bs=2048,
+                                        n_factors=8, nn_layers=[16]), kernel_name="python3", progress_bar=False)
     table = pd.read_csv(out / "collab_results.csv")
-    assert len(table) == 8 and table.model.iloc[-1] == "roadtop fit_collab"
+    assert table.model.tolist()[-1].startswith("fit_collab") and len(table) == 7
     assert np.isfinite(table.valid_rmse).all() and (table.valid_rmse > 0.5).all()
-    assert table.valid_rmse.iloc[-1] < min(1.0, table.valid_rmse.iloc[:-1].min())  # 1 epoch: the trainer wins
-    assert (out / "movie_pca.png").stat().st_size > 0 and (out / "wd_sweep.png").stat().st_size > 0
+    # every row scored the same way: RMSE of clipped predictions, never above the unclipped MSE's root
+    assert (table.valid_rmse <= np.sqrt(table.valid_mse) + 1e-9).all()
+    epochs = pd.read_csv(out / "wd_epochs.csv")
+    assert sorted(epochs.model.unique()) == ["no weight decay", "wd=0.1"] and len(epochs) == 2  # one epoch each
+    for png in ("movie_pca.png", "wd_loss.png"):
+        assert (out / png).stat().st_size > 0
+
+
+def test_sample_ratings_is_seeded_and_checked():
+    df = pd.DataFrame(dict(user=range(100), movie=range(100), rating=[3] * 100))
+    a, b = sample_ratings(df, 0.25, seed=1), sample_ratings(df, 0.25, seed=1)
+    assert len(a) == 25 and a.equals(b) and not a.equals(sample_ratings(df, 0.25, seed=2))
+    assert sample_ratings(df, 1.0) is df
+    with pytest.raises(RoadtopError, match="sample=0 is out of range"):
+        sample_ratings(df, 0)
 
 
 def test_repeated_pairs_are_averaged_not_summed():

@@ -42,31 +42,46 @@ def test_one_executed_notebook_per_job_with_its_parameters(demo):
     assert f"[{len(plan.jobs)}/{len(plan.jobs)}]" in r.stdout
 
 
-def test_holdout_table_has_every_member_and_the_ensemble(demo):
+def test_holdout_table_agrees_with_the_prose(demo):
+    """Every image member learns (>= 0.80 on the holdout), the weighted-mean ensemble is at least as good as its best
+    member, the run counted twice is not the weakest, and the data is hard enough that no member is near perfect."""
     plan, out, _, _ = demo
     table = pd.read_csv(out / "ensemble" / "holdout.csv")
-    members = [j.out_dir.name for j in plan.jobs if j.stage in ("train", "multitarget")]
-    assert table.run.tolist()[:len(members)] == members and table.run.tolist().count("ensemble") == 1
-    assert table.holdout_accuracy.between(0, 1).all()
-    vit = table[table.arch == "test_vit"]
-    assert (vit.weight == 2).all()
-    # better than guessing the most common class on the holdout
+    names = [j.out_dir.name for j in plan.jobs if j.stage in ("train", "multitarget")]
+    assert table.run.tolist().count("ensemble") == 1  # the submitted ensemble
+    members = table[table.run.isin(names)].set_index("run")
+    assert sorted(members.index) == sorted(names)  # every image member has its row
+    acc = members.holdout_accuracy
+    assert (acc >= 0.80).all(), acc.to_dict()
+    assert acc.max() < 0.95, acc.to_dict()
+    ensemble = table.set_index("run").loc["ensemble", "holdout_accuracy"]
+    assert ensemble >= acc.max(), (ensemble, acc.to_dict())
+    doubled = members[members.weight == 2]
+    assert len(doubled) >= 1 and (doubled.holdout_accuracy > acc.min()).all(), acc.to_dict()
     run_dirs = json.loads((out / "ensemble" / "manifest.json").read_text())["params"]["run_dirs"]
-    assert len(run_dirs) == len(members)
-    labels = load_preds(run_dirs[0]).holdout_labels
-    majority = pd.Series(labels).value_counts(normalize=True).iloc[0]
-    assert table.set_index("run").loc["ensemble", "holdout_accuracy"] > majority
+    assert len(run_dirs) == len(names)
 
 
-def test_probe_ran_first_and_sized_every_run(demo):
+def _outputs_text(nb_file) -> str:
+    """Everything the code cells of an executed notebook printed."""
+    nb = nbformat.read(nb_file, as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_probe_ran_first_and_an_accum_2_run_accumulates(demo):
     plan, out, r, _ = demo
     assert plan.jobs[0].name == "probe" and f"[1/{len(plan.jobs)}] probe: running" in r.stdout
     probe = json.loads((out / "probe" / "probe.json").read_text())
     trains = [j for j in plan.jobs if j.stage == "train"]
     assert set(probe["runs"]) == {j.out_dir.name for j in trains} | {"multitarget"}
     assert probe["gpu_measured"] is False  # CPU: speed measured, memory marked as not measured
-    for j in trains:  # accum: auto took the probe's choice (1 on CPU)
-        assert json.loads((j.out_dir / "manifest.json").read_text())["params"]["accum"] == 1
+    accums = {j.name: json.loads((j.out_dir / "manifest.json").read_text())["params"]["accum"] for j in trains}
+    assert 2 in accums.values() and set(accums.values()) <= {1, 2}  # auto -> 1 on CPU; the explicit 2 stays
+    for j in trains:
+        text = _outputs_text(j.out_dir / "train.ipynb")
+        bs = 64 // accums[j.name]
+        assert f"batch size {bs}, accum {accums[j.name]}" in text, j.name
+        assert f"GradientAccumulation attached: {accums[j.name] > 1}" in text, j.name
 
 
 def test_multitarget_learns_disease_and_variety(demo):
@@ -74,17 +89,25 @@ def test_multitarget_learns_disease_and_variety(demo):
     plan, out, _, _ = demo
     m = json.loads((out / "multitarget" / "metrics.json").read_text())
     for split in ("valid", "holdout"):
-        assert m["multitarget"][f"disease_err_{split}"] < 0.5 * 0.9
-        assert m["multitarget"][f"variety_err_{split}"] < 0.5 * 0.9
-        assert m["multitarget"][f"variety_err_{split}"] < m["most_common_class"][f"variety_err_{split}"]
-        assert m["disease_only"][f"disease_err_{split}"] < 0.5 * 0.9
+        assert m["multitarget"][f"disease_error_{split}"] < 0.5 * 0.9
+        assert m["multitarget"][f"variety_error_{split}"] < 0.5 * 0.9
+        assert m["multitarget"][f"variety_error_{split}"] < m["most_common_class"][f"variety_error_{split}"]
+        assert m["disease_only"][f"disease_error_{split}"] < 0.5 * 0.9
     p = load_preds(out / "multitarget")
     assert len(p.vocab) == 10 and p.test_probs.shape == (len(p.test_ids), 10)
 
 
-def test_collab_table_and_roadtop_trainer_best(demo):
+def test_collab_overfits_without_weight_decay_and_wd_fixes_it(demo):
+    """The lesson's claim, from the saved per-epoch table: without weight decay the validation loss rises over the last
+    epochs; with wd=0.1 it ends lower."""
     _, out, _, _ = demo
+    e = pd.read_csv(out / "collab" / "wd_epochs.csv")
+    nowd = e[e.model == "no weight decay"].sort_values("epoch").valid_loss.to_numpy()
+    wd = e[e.model == "wd=0.1"].sort_values("epoch").valid_loss.to_numpy()
+    assert len(nowd) == len(wd) == 5  # the lesson's 5 epochs
+    assert nowd[-1] > nowd[-2] > nowd.min(), nowd  # rising at the end, after a minimum
+    assert wd[-1] < nowd[-1], (wd, nowd)
     t = pd.read_csv(out / "collab" / "collab_results.csv").set_index("model")
-    assert {"DotProduct", "+ sigmoid_range", "+ biases", "collab_learner", "roadtop fit_collab"} <= set(t.index)
+    assert {"DotProduct", "DotProductBias", "DotProductBias, wd=0.1", "collab_learner"} <= set(t.index)
     assert t.valid_rmse.between(0.5, 1.5).all()
-    assert t.valid_rmse.idxmin() == "roadtop fit_collab"
+    assert t.loc["DotProductBias, wd=0.1", "valid_mse"] < t.loc["DotProductBias", "valid_mse"]

@@ -1,33 +1,19 @@
 """k-fold bagging: `folds: k` expands a run into k fold jobs whose validation folds cover every non-holdout image once."""
 
-import nbformat
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, tiny_plan
+from conftest import ROOT, pipeline, tiny_plan
 
 from roadtop import ensemble, paddy, preds
 from roadtop.dag import plan as plan_mod
 from roadtop.errors import RoadtopError
 
-FOLD_PARAMS = {"folds": "int = 0  # k-fold bagging into k folds (0: one random split)",
-               "fold": "int = 0  # the fold to validate on"}
-
 
 @pytest.fixture
-def notebooks(tmp_path, monkeypatch):
-    """The project's notebooks; the training notebook's parameters cell declares `folds` and `fold`."""
-    nb_dir = tmp_path / "notebooks"
-    nb_dir.mkdir()
-    for f in (ROOT / "notebooks").glob("*.ipynb"):
-        nb = nbformat.read(f, as_version=4)
-        if f.stem == "train":
-            cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-            declared = {line.split(":")[0] for line in cell.source.splitlines()}
-            cell.source += "".join(f"\n{k}: {v}" for k, v in FOLD_PARAMS.items() if k not in declared)
-        nbformat.write(nb, nb_dir / f.name)
-    monkeypatch.setattr(plan_mod, "NOTEBOOKS", nb_dir)
-    return nb_dir
+def notebooks():
+    """The project's notebooks (the training notebook declares `folds` and `fold`)."""
+    return ROOT / "notebooks"
 
 
 def test_seeded_five_folds_cover_every_non_holdout_image_once(tmp_path, tiny_data, notebooks):
@@ -95,3 +81,19 @@ def test_folds_in_defaults_expand_every_run_and_each_fold_is_a_kaggle_kernel(tmp
         nb = kernels.kernel_notebook(job.notebook, job.params)
         injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
         assert f"fold = {i}\n" in injected.source and "folds = 3\n" in injected.source
+
+
+def test_fold_jobs_train_and_their_out_of_fold_predictions_cover_the_training_images(tmp_path, tiny_data):
+    """Through the pipeline: a seeded `folds: 2` run trains two fold jobs whose saved out-of-fold predictions
+    together cover every non-holdout training image exactly once, and the ensemble bags them."""
+    f = tiny_plan(tmp_path, tiny_data, runs={"res": {"arch": "test_resnet", "folds": 2}}, defaults={"seed": 3})
+    pipeline("run", "--params", f)
+    out = tmp_path / "out"
+    parts = [preds.load_preds(out / "train" / f"res-fold{i}") for i in range(2)]
+    trn, _ = paddy.split_files(tiny_data, 0.1, 42)
+    ids = [set(p.oof_ids) for p in parts]
+    assert not ids[0] & ids[1] and ids[0] | ids[1] == {f.name for f in trn}
+    for p in parts:
+        assert p.oof_probs.shape == (len(p.oof_ids), len(p.vocab))
+        assert p.oof_labels == [next(f.parent.name for f in trn if f.name == i) for i in p.oof_ids]
+    assert (out / "submission.csv").exists()

@@ -1,4 +1,4 @@
-"""Multi-target (disease + variety): the sliced loss and metrics, n_out from the vocabs, bad rows, the demo notebook."""
+"""Multi-target (disease + variety): the notebook's sliced loss and metrics, bad rows, the notebook end to end."""
 
 import json
 
@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from nbexport import load
 from PIL import Image
 
 from roadtop import multitarget as mt
@@ -25,44 +26,28 @@ VARIETY = torch.tensor([1, 0, 3, 2])  # argmax of the variety slice: 1, 2, 3, 0 
 
 
 def test_loss_is_the_sum_of_the_two_slice_cross_entropies():
-    t = mt.Targets(3, 4)
+    nb = load("multitarget.ipynb", n_disease=3, disease_weight=1.0, variety_weight=1.0)
     want = F.cross_entropy(LOGITS[:, :3], DISEASE) + F.cross_entropy(LOGITS[:, 3:], VARIETY)
-    assert t.n_out == 7
-    assert torch.allclose(t(LOGITS, DISEASE, VARIETY), want)
-    weighted = mt.Targets(3, 4, disease_weight=0.5, variety_weight=2.0)
+    assert torch.allclose(nb["combine_loss"](LOGITS, DISEASE, VARIETY), want)
+    nb.update(disease_weight=0.5, variety_weight=2.0)  # the notebook's weights parameters
     want_w = 0.5 * F.cross_entropy(LOGITS[:, :3], DISEASE) + 2.0 * F.cross_entropy(LOGITS[:, 3:], VARIETY)
-    assert torch.allclose(weighted(LOGITS, DISEASE, VARIETY), want_w)
+    assert torch.allclose(nb["combine_loss"](LOGITS, DISEASE, VARIETY), want_w)
     assert not torch.allclose(want_w, want)
-    head = mt.Targets(3)  # disease-only head on the same batches: the variety target is ignored
-    assert torch.allclose(head(LOGITS[:, :3], DISEASE, VARIETY), F.cross_entropy(LOGITS[:, :3], DISEASE))
+    # the disease-only head (n_disease outputs) uses disease_loss on the same batches: the variety is ignored
+    assert torch.allclose(nb["disease_loss"](LOGITS[:, :3], DISEASE, VARIETY), F.cross_entropy(LOGITS[:, :3], DISEASE))
 
 
 def test_metrics_pick_the_right_slices():
-    t = mt.Targets(3, 4)
-    assert [m.__name__ for m in t.metrics()] == ["disease_err", "variety_err", "disease_loss", "variety_loss"]
-    assert float(t.disease_err(LOGITS, DISEASE, VARIETY)) == pytest.approx(1 / 4)
-    assert float(t.variety_err(LOGITS, DISEASE, VARIETY)) == pytest.approx(2 / 4)
-    assert torch.allclose(t.disease_loss(LOGITS, DISEASE, VARIETY), F.cross_entropy(LOGITS[:, :3], DISEASE))
-    assert torch.allclose(t.variety_loss(LOGITS, DISEASE, VARIETY), F.cross_entropy(LOGITS[:, 3:], VARIETY))
+    nb = load("multitarget.ipynb", n_disease=3, disease_weight=1.0, variety_weight=1.0)
+    assert [m.__name__ for m in nb["all_metrics"]] == ["disease_err", "variety_err", "disease_loss", "variety_loss"]
+    assert float(nb["disease_err"](LOGITS, DISEASE, VARIETY)) == pytest.approx(1 / 4)
+    assert float(nb["variety_err"](LOGITS, DISEASE, VARIETY)) == pytest.approx(2 / 4)
+    assert torch.allclose(nb["variety_loss"](LOGITS, DISEASE, VARIETY), F.cross_entropy(LOGITS[:, 3:], VARIETY))
     flipped = LOGITS.clone()
     flipped[:, 3:] = -flipped[:, 3:]  # change only the variety slice: only the variety metrics move
-    assert float(t.disease_err(flipped, DISEASE, VARIETY)) == pytest.approx(1 / 4)
-    assert float(t.variety_err(flipped, DISEASE, VARIETY)) == pytest.approx(1.0)
-    assert torch.allclose(t.disease_loss(flipped, DISEASE, VARIETY), t.disease_loss(LOGITS, DISEASE, VARIETY))
-    probs = t.activation(LOGITS)
-    assert torch.allclose(probs[:, :3], F.softmax(LOGITS[:, :3], 1)) and torch.allclose(probs[:, 3:].sum(1), torch.ones(4))
-    assert [m.__name__ for m in mt.Targets(3).metrics()] == ["disease_err"]
-
-
-def test_bad_targets_and_outputs_are_refused():
-    with pytest.raises(RoadtopError, match=r"output has shape \(4, 7\), expected \(batch, 9\)"):
-        mt.Targets(3, 6)(LOGITS, DISEASE, VARIETY)
-    with pytest.raises(RoadtopError, match="disease-only head"):
-        mt.Targets(3).variety(LOGITS[:, :3])
-    with pytest.raises(RoadtopError, match="variety_weight=-1"):
-        mt.Targets(3, 4, variety_weight=-1)
-    with pytest.raises(RoadtopError, match="both 0"):
-        mt.Targets(3, 4, disease_weight=0, variety_weight=0)
+    assert float(nb["disease_err"](flipped, DISEASE, VARIETY)) == pytest.approx(1 / 4)
+    assert float(nb["variety_err"](flipped, DISEASE, VARIETY)) == pytest.approx(1.0)
+    assert torch.allclose(nb["disease_loss"](flipped, DISEASE, VARIETY), nb["disease_loss"](LOGITS, DISEASE, VARIETY))
 
 
 def make_data(root, diseases=("blast", "hispa", "normal"), varieties=("ADT45", "IR20", "Ponni", "RR"), per=4):
@@ -82,42 +67,41 @@ def make_data(root, diseases=("blast", "hispa", "normal"), varieties=("ADT45", "
     return root
 
 
-def test_n_out_follows_the_vocabs(tmp_path):
-    from roadtop.paddy import split_files
-
-    path = make_data(tmp_path)
-    files, _ = split_files(path, 0, 0)
-    dls = mt.dataloaders(path, files, "squish", 32, 32, valid_pct=0.25, seed=0)
-    assert [list(v) for v in dls.vocab] == [["blast", "hispa", "normal"], ["ADT45", "IR20", "Ponni", "RR"]]
-    assert mt.n_outputs(dls) == (3, 4)
-    learn = mt.learner(dls, "test_resnet", pretrained=False, seed=0)
-    x, yd, yv = dls.valid.one_batch()  # 12 images: the train loader (bs 64, drop_last) has no full batch
-    assert learn.loss_func.n_out == 7 and learn.model.eval()(x).shape[1] == 7
-    assert yd.max() < 3 and yv.max() < 4
-    assert mt.learner(dls, "test_resnet", multi=False, pretrained=False).model.eval()(x).shape[1] == 3
-    d, v = mt.tta_target_probs(learn, files[:2], n=1)
-    assert d.shape == (2, 3) and v.shape == (2, 4) and torch.allclose(d.sum(1), torch.ones(2))
-    assert mt.tta_target_probs(learn, [], n=1)[0].shape == (0, 3)
-
-
 def test_missing_row_or_empty_variety_names_the_image(tmp_path):
     from roadtop.paddy import split_files
 
     path = make_data(tmp_path)
+    files, _ = split_files(path, 0, 0)
+    assert mt.check_varieties(path, files)["100002.jpg"] == "IR20"
     df = pd.read_csv(path / "train.csv")
     df.loc[df.image_id == "100003.jpg", "variety"] = ""
     df[df.image_id != "100005.jpg"].to_csv(path / "train.csv", index=False)
-    files, _ = split_files(path, 0, 0)
-    lookup = mt.variety_lookup(path)
     with pytest.raises(RoadtopError, match=r"image 100003\.jpg has an empty variety in .*train\.csv"):
-        lookup(path / "train_images" / "blast" / "100003.jpg")
+        mt.check_varieties(path, files[:4])
     with pytest.raises(RoadtopError, match=r"image 100005\.jpg has no row in .*train\.csv"):
-        lookup(path / "train_images" / "hispa" / "100005.jpg")
-    with pytest.raises(RoadtopError, match=r"image 100003\.jpg"):  # before any training starts
-        mt.dataloaders(path, files, "squish", 32, 32, seed=0)
+        mt.check_varieties(path, [f for f in files if f.name != "100003.jpg"])
     pd.concat([df, df.head(1)]).to_csv(path / "train.csv", index=False)
     with pytest.raises(RoadtopError, match=r"image_id 100001\.jpg appears more than once"):
-        mt.variety_lookup(path)
+        mt.check_varieties(path, files)
+
+
+def test_notebook_trains_both_heads_on_a_tiny_folder(tmp_path):
+    """The notebook end to end on 12 images: both heads, 7 = 3 + 4 outputs, probabilities saved for the ensemble."""
+    import papermill as pm
+
+    from roadtop.paths import NOTEBOOKS
+    from roadtop.preds import load_preds
+
+    path, out = make_data(tmp_path / "data", per=8), tmp_path / "out"
+    pm.execute_notebook(str(NOTEBOOKS / "multitarget.ipynb"), str(tmp_path / "mt.ipynb"), cwd=str(NOTEBOOKS),
+                        parameters=dict(data_path=str(path), out_dir=str(out), arch="test_resnet", item_size=32,
+                                        size=32, accum=4, epochs=1, tta_n=1, valid_pct=0.25),
+                        kernel_name="python3", progress_bar=False)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["vocab_sizes"] == {"disease": 3, "variety": 4}
+    assert m["multitarget"]["variety_err_valid"] is not None and m["disease_only"]["variety_err_valid"] is None
+    p = load_preds(out)
+    assert p.vocab == ["blast", "hispa", "normal"] and p.holdout_probs.shape == (len(p.holdout_ids), 3)
 
 
 def test_metrics_json_has_no_nan(tmp_path):

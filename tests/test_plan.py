@@ -37,7 +37,8 @@ def test_probe_gets_the_train_runs(tmp_path, tiny_data):
 
 def test_demo_and_paddy_plans_have_a_probe():
     demo = load_plan(ROOT / "params" / "demo.yaml")
-    assert demo.jobs[0].stage == "probe" and all(j.params["accum"] == "auto" for j in demo.jobs if j.stage == "train")
+    accums = {j.name: j.params["accum"] for j in demo.jobs if j.stage == "train"}
+    assert demo.jobs[0].stage == "probe" and "auto" in accums.values() and 2 in accums.values()  # one run shows accum
     paddy = yaml.safe_load((ROOT / "params" / "paddy.yaml").read_text())
     assert paddy["probe"]["gpu_budget_gb"] == 15 and paddy["probe"]["time_budget_h"] == 9
 
