@@ -401,3 +401,15 @@ def test_the_live_table_is_redrawn_below_a_log_line_not_over_it(plan, fake):
     pushed = text.index("ensemble: pushed")
     assert "\x1b[" not in text[pushed:text.index("\n", pushed) + 40]  # the next table does not move over it
     assert text.count("\x1b[4F\x1b[J") >= 1  # between polls without news it redraws in place
+
+
+def test_a_status_outage_during_the_fan_out_is_waited_out(fake, tmp_path):
+    """Kaggle answers 503 to every retry of one status poll: `kaggle run` says so and goes on at the next poll."""
+    plan = _real_plan(tmp_path)
+    fake.use_clock(run_s=3600, queue_s=120)
+    fake.outputs[_pref("ensemble")]["submission.csv"] = b"image_id,label\n200001.jpg,blast\n"
+    fake.fail("GetKernelSessionStatus", 503, times=settings.settings(plan).retries + 1)
+    lines = []
+    assert flow.run(plan, submit_it=True, log=lines.append, sleep=Sleeps(), out=io.StringIO()) == 0
+    assert any("after 6 tries" in ln and ln.endswith("the next poll tries again") for ln in lines), lines[:20]
+    assert len(fake.calls("CreateSubmission")) == 1

@@ -151,7 +151,12 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
         watch = [n for n, r in state["kernels"].items()  # and every GPU kernel of the plan that holds a session
                  if (n in names or n in needed or r.get("gpu")) and r.get("status") in ACTIVE]
         if watch:
-            refresh(api, plan, watch, st=st, state=state, log=log, sleep=sleep)
+            try:
+                refresh(api, plan, watch, st=st, state=state, log=log, sleep=sleep)
+            except KaggleCallError as e:  # a long fan-out waits out an outage; a short command reports it
+                if not wait or e.code == 401:
+                    raise
+                log(f"{e}; the next poll tries again")
         status_of = {n: r.get("status") for n, r in state["kernels"].items()}
         busy = sum(1 for r in state["kernels"].values() if r.get("gpu") and r.get("status") in ACTIVE)
         refused = progress = False
