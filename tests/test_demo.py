@@ -111,3 +111,42 @@ def test_collab_overfits_without_weight_decay_and_wd_fixes_it(demo):
     assert {"DotProduct", "DotProductBias", "DotProductBias, wd=0.1", "collab_learner"} <= set(t.index)
     assert t.valid_rmse.between(0.5, 1.5).all()
     assert t.loc["DotProductBias, wd=0.1", "valid_mse"] < t.loc["DotProductBias", "valid_mse"]
+
+
+def test_fitted_ensembles_beat_the_plain_mean_and_the_best_member(demo):
+    """On the demo's holdout, greedy and optimize (scored by cross-fitting) are at least the plan-weighted mean and
+    the best member, within one image (the holdout is small)."""
+    plan, out, _, _ = demo
+    t = pd.read_csv(out / "ensemble" / "holdout.csv").set_index("run")
+    names = [j.out_dir.name for j in plan.jobs if j.stage in ("train", "multitarget")]
+    one = 1 / len(load_preds(plan.job(f"train/{names[0]}").out_dir).holdout_ids)
+    best, mean = t.loc[names, "holdout_accuracy"].max(), t.loc["mean (plan weights)", "holdout_accuracy"]
+    for fitted in ("greedy", "optimize"):
+        acc = t.loc[fitted, "holdout_accuracy"]
+        assert acc >= mean - one and acc >= best - one, (fitted, acc, mean, best)
+        assert "cross" in t.loc[fitted, "scored_on"]
+
+
+def test_the_demo_report_decodes_links_and_shows_the_holdout_table(demo):
+    """outputs/report.html of `make demo`: every image decodes, every link resolves, the table is holdout.csv."""
+    import base64
+    import io
+
+    from bs4 import BeautifulSoup
+    from PIL import Image
+    from test_report import test_every_link_resolves_and_ids_are_unique as _links
+    from test_report import test_holdout_table_matches_holdout_csv as _holdout_table
+
+    plan, out, r, _ = demo
+    page = out / "report.html"
+    assert r.stdout.rstrip().endswith(f"report: {page}")
+    soup = BeautifulSoup(page.read_text(), "html.parser")
+    imgs = soup.find_all("img")
+    assert len(imgs) >= len([j for j in plan.jobs if j.stage == "train"])
+    for img in imgs:
+        head, _, data = img["src"].partition(",")
+        assert head == "data:image/png;base64"
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+            im.verify()
+    _links((plan, r, page, soup))
+    _holdout_table((plan, r, page, soup))
