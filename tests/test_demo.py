@@ -123,7 +123,7 @@ def test_fitted_ensembles_beat_the_plain_mean_and_the_best_member(demo):
     best, mean = t.loc[names, "holdout_accuracy"].max(), t.loc["mean (plan weights)", "holdout_accuracy"]
     for fitted in ("greedy", "optimize"):
         acc = t.loc[fitted, "holdout_accuracy"]
-        assert acc >= mean - one and acc >= best - one, (fitted, acc, mean, best)
+        assert acc >= mean - one - 1e-9 and acc >= best - one - 1e-9, (fitted, acc, mean, best)
         assert "cross" in t.loc[fitted, "scored_on"]
 
 

@@ -99,7 +99,7 @@ def test_notebook_trains_both_heads_on_a_tiny_folder(tmp_path):
                         kernel_name="python3", progress_bar=False)
     m = json.loads((out / "metrics.json").read_text())
     assert m["vocab_sizes"] == {"disease": 3, "variety": 4}
-    assert m["multitarget"]["variety_err_valid"] is not None and m["disease_only"]["variety_err_valid"] is None
+    assert m["multitarget"]["variety_error_valid"] is not None and m["disease_only"]["variety_error_valid"] is None
     p = load_preds(out)
     assert p.vocab == ["blast", "hispa", "normal"] and p.holdout_probs.shape == (len(p.holdout_ids), 3)
 
