@@ -12,18 +12,20 @@ from pygments.formatters import HtmlFormatter
 
 from ..paths import atomic_write
 from .records import job_state
+from .stages import STAGES, names, stage
 
 __all__ = ["FIGURES", "REPORT", "figures", "notebook_html", "write_report"]
 
 REPORT = "report.html"
 
 # The charts the index page lifts out of the executed notebooks: (title, stages, text in the cell that draws it).
+_ENSEMBLING = tuple(n for n, s in STAGES.items() if s.ensembles)
 FIGURES = (
-    ("Memory probe", ("probe",), "plot_probe"),
-    ("Loss curves", ("train", "multitarget"), "plot_loss"),
-    ("Ensemble weights", ("ensemble",), "wf.T.plot"),
-    ("Holdout accuracy", ("ensemble",), 'y="holdout_accuracy"'),
-    ("Confusion matrix of the submitted ensemble (holdout)", ("ensemble",), "ensemble.confusion"),
+    ("Memory probe", names(measures=True), "plot_probe"),
+    ("Loss curves", names(trains=True), "plot_loss"),
+    ("Ensemble weights", _ENSEMBLING, "wf.T.plot"),
+    ("Holdout accuracy", _ENSEMBLING, 'y="holdout_accuracy"'),
+    ("Confusion matrix of the submitted ensemble (holdout)", _ENSEMBLING, "ensemble.confusion"),
 )
 
 _CSS = """
@@ -109,7 +111,7 @@ def write_report(plan, states=None, path=None) -> Path:
     where = f"from <code>{html.escape(str(plan.source))}</code>; outputs in <code>{html.escape(str(plan.out_dir))}</code>"
     parts = [f"<h1>Run report: {html.escape(plan.name)}</h1>", f"<p>Generated {when} {where}.</p>",
              f"<nav>{nav}</nav>", '<h2 id="jobs-h">Jobs</h2>', _jobs_table(plan, states, nbs)]
-    ens = [j for j in plan.jobs if j.stage == "ensemble" and (Path(j.out_dir) / "holdout.csv").exists()]
+    ens = [j for j in plan.jobs if stage(j.stage).ensembles and (Path(j.out_dir) / "holdout.csv").exists()]
     parts.append('<h2 id="holdout-h">Members and ensembles on the holdout</h2>')
     if ens:
         table = pd.read_csv(Path(ens[0].out_dir) / "holdout.csv", keep_default_na=False, na_values=[""])

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..dag.budget import MAX_GPU_SESSIONS, WEEKLY_GPU_HOURS, kaggle_internet
+from ..dag.stages import STAGES
 from ..errors import RoadtopError
 from ..paddy import COMPETITION
 
@@ -20,7 +21,8 @@ class KaggleSettings:
     code_competition: bool = False  # submit the ensemble kernel's version, else its submission.csv
     username: str = ""  # kernel owner; empty: the user the credentials belong to
     slug_prefix: str = ""  # kernel slugs are <prefix>-<run>; empty: roadtop-<plan name>
-    stages: list = field(default_factory=lambda: ["train", "multitarget", "ensemble"])  # what `push` sends without --runs
+    # what `push` sends without --runs: the ensemble's members and the ensemble
+    stages: list = field(default_factory=lambda: [n for n, s in STAGES.items() if s.member or s.ensembles])
     internet: object = "auto"  # auto: on for a file competition (timm fetches weights), off for a code one
     enable_gpu: bool = True  # GPU for the stages that want one (roadtop.dag.stages: gpu=True)
     accelerator: str = "NvidiaTeslaT4"  # Kaggle machine shape of GPU kernels (a T4 shows ~15 GiB); "": Kaggle's
