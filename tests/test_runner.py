@@ -45,7 +45,7 @@ def test_end_to_end_outputs(base, tiny_data):
     for run in ("res", "cnx"):
         assert (out / "train" / run / "train.ipynb").exists()  # executed notebook, parameters recorded
         m = json.loads((out / "train" / run / "manifest.json").read_text())
-        assert m["outputs"] == ["preds.npz"] and m["params"]["arch"] in ("test_resnet", "test_convnext")
+        assert m["outputs"] == ["preds.npz", "subm.csv"] and m["params"]["arch"] in ("test_resnet", "test_convnext")
     table = pd.read_csv(out / "ensemble" / "holdout.csv")
     assert table.run.tolist()[:2] == ["res", "cnx"] and table.run.tolist()[-1] == "ensemble"
     assert table.holdout_accuracy.between(0, 1).all()
@@ -79,7 +79,7 @@ def test_status_says_which_jobs_are_stale_and_what_changed(base, tmp_path):
     assert st["ensemble"][0] == "stale" and st["ensemble"][1].startswith("changed: upstream (train/res)")
     assert st["train/cnx"][0] == "complete"
     st = _status(_changed_plan(plan, tmp_path, tta_n=2, lr=0.02), out)
-    assert st["train/res"][1].startswith("changed: params (lr 0.01 -> 0.02, tta_n 1 -> 2)")
+    assert st["train/res"][1].startswith("changed: params (lr 0.002 -> 0.02, tta_n 1 -> 2)")
 
 
 def test_rerun_skips_and_param_change_reruns_only_that_run(base, tmp_path):

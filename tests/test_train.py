@@ -42,7 +42,7 @@ def test_folds_partition_the_non_holdout_images(tiny_data):
         assert max(per) - min(per) <= 1, lab
     assert paddy.fold_ids(ids[::-1], labels[::-1], 5, seed=42) == folds  # order does not matter, the seed does
     assert paddy.fold_ids(ids, labels, 5, seed=7) != folds
-    with pytest.raises(RoadtopError, match="k-fold needs k >= 2"):
+    with pytest.raises(RoadtopError, match="k-fold needs an integer of at least 2"):
         paddy.fold_ids(ids, labels, 1)
 
 
