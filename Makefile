@@ -32,7 +32,7 @@ install: $(STAMP)
 demo: install  ## the whole pipeline on the embedded demo -> outputs/submission.csv
 	$(PY) pipeline.py run --params params/demo.yaml
 
-test: install  ## the test suite (about 6 minutes on 2 cores)
+test: install  ## the test suite (runs the demo end to end too)
 	$(PY) -m pytest -q
 
 bench: install  ## benchmarks: demo end-to-end time, collab RMSE/seconds
