@@ -6,10 +6,9 @@ from pathlib import Path
 import torch
 
 from .errors import RoadtopError
-from .paths import KAGGLE_INPUT, default_out
+from .paths import default_out, kaggle_folders
 
-__all__ = ["EFFECTIVE_BS", "PROBE_JSON", "SPEC_KEYS", "check_accum", "run_spec", "trial_fits", "choose_accum", "notebook_accum",
-           "probe_inputs"]
+__all__ = ["EFFECTIVE_BS", "PROBE_JSON", "SPEC_KEYS", "check_accum", "run_spec", "trial_fits", "choose_accum", "notebook_accum"]
 
 
 EFFECTIVE_BS = 64  # lesson 7: every run sees batches of 64, in `accum` pieces of 64 // accum
@@ -75,20 +74,13 @@ def choose_accum(trials: list, budget_gb: float, margin_gb: float):
     return None, "nothing fits (" + "; ".join(why) + ")"
 
 
-def probe_inputs(root=KAGGLE_INPUT, depth: int = 4) -> list:
-    """Folders under /kaggle/input holding a probe.json, whatever the mount layout (<slug>/, <slug>/probe/,
-    notebooks/<owner>/<slug>/probe/, ...), shallowest first."""
-    pats = ["/".join(["*"] * d + [PROBE_JSON]) for d in range(1, depth + 1)]
-    return [p.parent for pat in pats for p in sorted(Path(root).glob(pat))]
-
-
 def notebook_accum(accum, spec: dict, search=None) -> int:
     """`accum` for a notebook run outside the pipeline: an int as is; "auto" from a probe.json with this spec."""
     check_accum(accum, "accum")
     if accum != "auto":
         return accum
     spec = run_spec({**spec, "accum": None})
-    dirs = search if search is not None else [default_out("probe"), *probe_inputs()]
+    dirs = search if search is not None else [default_out("probe"), *kaggle_folders(PROBE_JSON)]
     for d in map(Path, dirs):
         f = d / PROBE_JSON
         if not f.exists():

@@ -12,11 +12,11 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import RoadtopError
-from .paths import KAGGLE_INPUT, default_out, iskaggle
+from .paths import KAGGLE_INPUT, default_out, iskaggle, kaggle_folders
 
 __all__ = [
     "COMPETITION", "LABELS", "LABEL_COUNTS", "VARIETIES", "VARIETY_SHARES",
-    "make_demo", "kaggle_folders", "resolve_data", "read_train_csv", "holdout_ids", "fold_ids", "split_files", "test_files",
+    "make_demo", "resolve_data", "read_train_csv", "holdout_ids", "fold_ids", "split_files", "test_files",
     "read_sample_submission",
 ]
 
@@ -133,24 +133,6 @@ def make_demo(path=None, n_train: int = 600, n_test: int = 100, size=(96, 128), 
     return path
 
 
-def kaggle_folders(*markers, root=KAGGLE_INPUT, depth: int = 4) -> list:
-    """Folders under /kaggle/input holding all of `markers` (file or folder names), whatever the mount layout:
-    /kaggle/input/<slug> as in the lesson, or competitions/<slug>, datasets/<owner>/<slug>, notebooks/<owner>/<slug>
-    as in newer sessions, and their subfolders (`depth` levels); shallowest first."""
-    root, found = Path(root), []
-    if not root.is_dir():
-        return found
-    for here, dirs, files in os.walk(root):
-        level = len(Path(here).relative_to(root).parts)
-        if level and all(m in dirs or m in files for m in markers):
-            found.append(Path(here))
-            dirs[:] = []  # its own subfolders (e.g. 10,000 images) are not searched
-        elif level >= depth:
-            dirs[:] = []
-        dirs.sort()
-    return sorted(found, key=lambda p: (len(p.parts), p.name != COMPETITION, str(p)))
-
-
 def resolve_data(data_path: str = "", **demo) -> Path:
     """The Paddy folder: `data_path` if given, the competition input on Kaggle (found by its train.csv and
     train_images/ wherever Kaggle mounted it), else the generated demo."""
@@ -161,7 +143,7 @@ def resolve_data(data_path: str = "", **demo) -> Path:
     else:
         return make_demo(**demo)
     if not path.exists() and (iskaggle() or str(path).startswith(f"{KAGGLE_INPUT}/")):
-        hits = kaggle_folders("train.csv", "train_images", root=KAGGLE_INPUT)
+        hits = kaggle_folders("train.csv", "train_images", root=KAGGLE_INPUT, prefer=COMPETITION)
         path = hits[0] if hits else path
     for need in ("train_images", "test_images", "train.csv", "sample_submission.csv"):
         if not (path / need).exists():

@@ -5,7 +5,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["ROOT", "NOTEBOOKS", "iskaggle", "KAGGLE_INPUT", "KAGGLE_WORKING", "default_out", "atomic_write"]
+__all__ = ["ROOT", "NOTEBOOKS", "iskaggle", "KAGGLE_INPUT", "KAGGLE_WORKING", "default_out", "atomic_write", "kaggle_folders"]
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -42,3 +42,22 @@ def atomic_write(path, mode="w", **kw):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def kaggle_folders(*markers, root=KAGGLE_INPUT, depth: int = 4, prefer: str = "") -> list:
+    """Folders under /kaggle/input holding all of `markers` (file or folder names), whatever the mount layout:
+    /kaggle/input/<slug> as in the lesson, or competitions/<slug>, datasets/<owner>/<slug>, notebooks/<owner>/<slug>
+    as in newer sessions, and their subfolders (`depth` levels); shallowest first, a folder named `prefer` first
+    among equals."""
+    root, found = Path(root), []
+    if not root.is_dir():
+        return found
+    for here, dirs, files in os.walk(root):
+        level = len(Path(here).relative_to(root).parts)
+        if level and all(m in dirs or m in files for m in markers):
+            found.append(Path(here))
+            dirs[:] = []  # its own subfolders (e.g. 10,000 images) are not searched
+        elif level >= depth:
+            dirs[:] = []
+        dirs.sort()
+    return sorted(found, key=lambda p: (len(p.parts), p.name != prefer, str(p)))

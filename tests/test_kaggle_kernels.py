@@ -12,7 +12,7 @@ import pytest
 import yaml
 from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
 
-from roadtop import accum, paddy
+from roadtop import accum, paddy, paths
 from roadtop.dag.plan import load_plan
 from roadtop.errors import RoadtopError
 from roadtop.kaggle import flow, kernels, settings
@@ -212,8 +212,8 @@ def test_kaggle_inputs_are_found_whatever_the_mount_layout(tmp_path, monkeypatch
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     assert paddy.resolve_data("") == data
     assert paddy.resolve_data(f"/kaggle/input/{paddy.COMPETITION}") == data  # as a pushed kernel names it
-    assert paddy.kaggle_folders("train.csv", "train_images", root=root) == [data]
-    assert accum.probe_inputs(root) == [root / "notebooks" / USER / "roadtop-x-probe" / "probe"]
+    assert paths.kaggle_folders("train.csv", "train_images", root=root) == [data]
+    assert paths.kaggle_folders(accum.PROBE_JSON, root=root) == [root / "notebooks" / USER / "roadtop-x-probe" / "probe"]
 
 
 def test_environment_yml_installs_the_pinned_torch_from_pip():
