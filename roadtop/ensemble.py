@@ -40,7 +40,8 @@ def fold_name(run: str, fold: int) -> str:
 def check_runs(runs):
     """Refuse runs whose vocab, test ids or holdout ids differ from the first run's, naming the run."""
     if not runs:
-        raise RoadtopError("no runs to ensemble: train at least one run first (pipeline.py run)")
+        raise RoadtopError("no saved runs to ensemble (no preds.npz found): run train.ipynb first "
+                           "(or `python pipeline.py run`), or list the run folders in run_dirs")
     ref = runs[0]
     for r in runs[1:]:
         for what in ("vocab", "test_ids", "holdout_ids"):
