@@ -11,7 +11,7 @@ import torch
 
 from .accum import PROBE_JSON
 from .errors import RoadtopError
-from .paths import KAGGLE_INPUT, default_out
+from .paths import KAGGLE_INPUT
 from .weights import local_pretrained_cfg
 
 __all__ = ["ITEM_METHODS", "channels_first", "check_item_method", "local_weights", "num_workers", "plan_runs"]
@@ -53,18 +53,20 @@ def channels_first(model):
     return model
 
 
-def plan_runs(out_dir=None, search=None) -> dict:
-    """The run plan's training runs {name: {arch, item_method, item_size, size}}, as the memory probe saved them.
+def plan_runs(out_dir, search=None) -> dict:
+    """The training runs {name: {arch, item_method, item_size, size}} of the plan this run belongs to, as the memory
+    probe saved them; {} when no probe has run or this run (its folder's name) is not one of them.
 
     Looks for probe.json beside this run's folder (a pipeline run: <out>/train/<run> and <out>/probe), then in the
-    default outputs and Kaggle inputs; {} when no probe has run.
+    Kaggle inputs (a kernel with the probe's output attached).
     """
     dirs = search if search is not None else [
-        *([Path(out_dir).parent.parent / "probe"] if out_dir else []), default_out("probe"),
-        *sorted(KAGGLE_INPUT.glob("*/probe")), *sorted(KAGGLE_INPUT.glob("*"))]
+        Path(out_dir).parent.parent / "probe", *sorted(KAGGLE_INPUT.glob("*/probe")), *sorted(KAGGLE_INPUT.glob("*"))]
     for d in map(Path, dirs):
         f = d / PROBE_JSON
         if f.exists():
             runs = json.loads(f.read_text()).get("runs", {})
-            return {name: r["spec"] for name, r in runs.items() if name != "multitarget"}
+            if Path(out_dir).name not in runs:
+                return {}
+            return {name: r["spec"] for name, r in runs.items() if name != "multitarget"}  # trained by train.ipynb
     return {}

@@ -52,7 +52,8 @@ def test_plan_runs_come_from_the_probe(tmp_path):
     spec = {"arch": "convnext_atto", "item_method": "crop", "item_size": [128, 96], "size": 64}
     (probe / "probe.json").write_text(json.dumps({"runs": {"cnx": {"spec": spec}, "multitarget": {"spec": spec}}}))
     assert train.plan_runs(tmp_path / "out" / "train" / "cnx") == {"cnx": spec}
-    assert train.plan_runs(search=[tmp_path]) == {}
+    assert train.plan_runs(tmp_path / "out" / "train" / "other") == {}  # a run outside the plan shows just itself
+    assert train.plan_runs(tmp_path / "x", search=[tmp_path]) == {}  # no probe.json there
 
 
 def test_kfold_run_saves_out_of_fold_predictions(tiny_data, tmp_path):
