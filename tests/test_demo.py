@@ -82,6 +82,8 @@ def test_probe_ran_first_and_an_accum_2_run_accumulates(demo):
         bs = 64 // accums[j.name]
         assert f"batch size {bs}, accum {accums[j.name]}" in text, j.name
         assert f"GradientAccumulation attached: {accums[j.name] > 1}" in text, j.name
+        arch = json.loads((j.out_dir / "manifest.json").read_text())["params"]["arch"]
+        assert f"\n{arch}: [(Resize(" in f"\n{text}", j.name  # the plan's arch dict, one readable line per arch
 
 
 def test_multitarget_learns_disease_and_variety(demo):
@@ -105,7 +107,7 @@ def test_collab_overfits_without_weight_decay_and_wd_fixes_it(demo):
     nowd = e[e.model == "no weight decay"].sort_values("epoch").valid_loss.to_numpy()
     wd = e[e.model == "wd=0.1"].sort_values("epoch").valid_loss.to_numpy()
     assert len(nowd) == len(wd) == 5  # the lesson's 5 epochs
-    assert nowd[-1] > nowd[-2] > nowd.min(), nowd  # rising at the end, after a minimum
+    assert nowd.argmin() < len(nowd) - 2 and nowd[-1] > nowd.min(), nowd  # turns up over the last epochs
     assert wd[-1] < nowd[-1], (wd, nowd)
     t = pd.read_csv(out / "collab" / "collab_results.csv").set_index("model")
     assert {"DotProduct", "DotProductBias", "DotProductBias, wd=0.1", "collab_learner"} <= set(t.index)

@@ -167,25 +167,34 @@ def test_complete_run_with_nan_predictions_is_left_out_of_the_ensemble_and_named
     assert st["train/cnx"][0] == "failed" and "test_probs holds NaN/inf" in st["train/cnx"][1]
 
 
-def test_failed_run_is_isolated(tmp_path, tiny_data):
-    plan = tiny_plan(tmp_path, tiny_data, runs={"res": {"arch": "test_resnet"},
-                                                "broken": {"arch": "test_resnet", "tta_n": 0}})
-    r = pipeline("run", "--params", plan, check=False)
+def test_failed_run_is_isolated(base, tmp_path):
+    """A run added to the finished plan fails: the others stay complete, the last good submission stays, and
+    --allow-partial ensembles the rest."""
+    plan, ref, _ = base
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    shutil.rmtree(out / "ensemble")  # the ensemble to redo; the published submission.csv of the last good run stays
+    p = yaml.safe_load(plan.read_text())
+    p["train"]["runs"]["broken"] = {"arch": "test_resnet", "tta_n": 0}
+    plan = tmp_path / "broken.yaml"
+    plan.write_text(yaml.safe_dump(p, sort_keys=False))
+    good = (out / "submission.csv").read_bytes()
+    r = pipeline("run", "--params", plan, "--out", out, check=False)
     assert r.returncode == 1
+    assert "train/res: up to date" in r.stdout and "train/cnx: up to date" in r.stdout
     assert "train/broken: FAILED" in r.stdout and "train.ipynb" in r.stdout
     assert "ensemble: skipped, 1 run(s) not complete (train/broken); --allow-partial" in r.stdout
-    out = tmp_path / "out"
-    assert (out / "train" / "res" / "manifest.json").exists() and not (out / "submission.csv").exists()
+    assert (out / "submission.csv").read_bytes() == good  # nothing already written is lost
     failed = json.loads((out / "train" / "broken" / "failed.json").read_text())
     assert failed["cause"] and "\n" not in failed["cause"]
     assert (out / "train" / "broken" / "train.ipynb").exists()  # papermill's notebook with the error cell
-    status = pipeline("status", "--params", plan).stdout
+    status = pipeline("status", "--params", plan, "--out", out).stdout
     assert "train/broken" in status and "failed" in status and failed["cause"][:40] in status
-    r = pipeline("run", "--params", plan, "--allow-partial", check=False)
+    r = pipeline("run", "--params", plan, "--out", out, "--allow-partial", check=False)
     assert r.returncode == 1 and "train/res: up to date" in r.stdout
-    assert "left out of the ensemble: train/broken" in r.stdout
+    assert "left out of the ensemble: train/broken" in r.stdout and "ensemble: running" in r.stdout
     runs = pd.read_csv(out / "ensemble" / "holdout.csv").run.tolist()
-    assert runs[0] == "res" and "broken" not in runs and runs[-1] == "ensemble"
+    assert runs[:2] == ["res", "cnx"] and "broken" not in runs and runs[-1] == "ensemble"
     assert (out / "submission.csv").exists()
 
 
