@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny generated Paddy dataset and tiny run plans that train in seconds on CPU."""
+"""Shared fixtures: a tiny generated Paddy dataset, tiny run plans that train in seconds on CPU, and the demo run."""
 
 import os
 import subprocess
@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "params" / "demo.yaml"
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
@@ -47,3 +48,14 @@ def pipeline(*args, check=True, **kw) -> subprocess.CompletedProcess:
     if check and r.returncode != 0:
         raise AssertionError(f"pipeline {args} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """`make demo`'s pipeline, the demo plan as shipped, run once in a fresh output folder: (plan, out, run, data)."""
+    from roadtop.dag.plan import load_plan, resolve_plan_data
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    r = pipeline("run", "--params", DEMO, "--out", out)
+    plan = load_plan(DEMO, out)
+    return plan, out, r, resolve_plan_data(plan, progress=False)

@@ -1,24 +1,13 @@
-"""`make demo`'s pipeline end to end: the demo plan as shipped, in a fresh output folder."""
+"""`make demo`'s pipeline end to end (the `demo` fixture of conftest.py): what its outputs and prose claim.
+
+Its report.html is tested in test_report.py."""
 
 import json
 
 import nbformat
 import pandas as pd
-import pytest
-from conftest import ROOT, pipeline
 
-from roadtop.dag.plan import load_plan, resolve_plan_data
 from roadtop.preds import load_preds
-
-DEMO = ROOT / "params" / "demo.yaml"
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "out"
-    r = pipeline("run", "--params", DEMO, "--out", out)
-    plan = load_plan(DEMO, out)
-    return plan, out, r, resolve_plan_data(plan, progress=False)
 
 
 def test_submission_matches_sample_and_vocab(demo):
@@ -127,28 +116,3 @@ def test_fitted_ensembles_beat_the_plain_mean_and_the_best_member(demo):
         acc = t.loc[fitted, "holdout_accuracy"]
         assert acc >= mean - one - 1e-9 and acc >= best - one - 1e-9, (fitted, acc, mean, best)
         assert "cross" in t.loc[fitted, "scored_on"]
-
-
-def test_the_demo_report_decodes_links_and_shows_the_holdout_table(demo):
-    """outputs/report.html of `make demo`: every image decodes, every link resolves, the table is holdout.csv."""
-    import base64
-    import io
-
-    from bs4 import BeautifulSoup
-    from PIL import Image
-    from test_report import test_every_link_resolves_and_ids_are_unique as _links
-    from test_report import test_holdout_table_matches_holdout_csv as _holdout_table
-
-    plan, out, r, _ = demo
-    page = out / "report.html"
-    assert r.stdout.rstrip().endswith(f"report: {page}")
-    soup = BeautifulSoup(page.read_text(), "html.parser")
-    imgs = soup.find_all("img")
-    assert len(imgs) >= len([j for j in plan.jobs if j.stage == "train"])
-    for img in imgs:
-        head, _, data = img["src"].partition(",")
-        assert head == "data:image/png;base64"
-        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
-            im.verify()
-    _links((plan, r, page, soup))
-    _holdout_table((plan, r, page, soup))

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import ROOT, pipeline, tiny_plan
 
+from roadtop.dag.params import notebook_defaults
 from roadtop.preds import load_preds
 
 LONG = 60  # cnx's epochs: a training cell long enough for the kill test to catch it between two epochs
@@ -78,8 +79,9 @@ def test_status_says_which_jobs_are_stale_and_what_changed(base, tmp_path):
     assert st["train/res"][0] == "stale" and st["train/res"][1].startswith("changed: params (epochs 1 -> 2)")
     assert st["ensemble"][0] == "stale" and st["ensemble"][1].startswith("changed: upstream (train/res)")
     assert st["train/cnx"][0] == "complete"
-    st = _status(_changed_plan(plan, tmp_path, tta_n=2, lr=0.02), out)
-    assert st["train/res"][1].startswith("changed: params (lr 0.002 -> 0.02, tta_n 1 -> 2)")
+    lr = notebook_defaults(ROOT / "notebooks" / "train.ipynb")["lr"]  # the tiny plan keeps the notebook's lr
+    st = _status(_changed_plan(plan, tmp_path, tta_n=2, lr=lr * 10), out)
+    assert st["train/res"][1].startswith(f"changed: params (lr {lr} -> {lr * 10}, tta_n 1 -> 2)")
 
 
 def test_rerun_skips_and_param_change_reruns_only_that_run(base, tmp_path):
@@ -97,8 +99,9 @@ def test_rerun_skips_and_param_change_reruns_only_that_run(base, tmp_path):
     after = mtimes(work)
     assert after["cnx"] == before["cnx"] and after["res"] != before["res"]
     assert {s for s, _ in _status(changed, work).values()} == {"complete"}
-    r = pipeline("run", "--params", changed, "--out", work, "--force", "--only", "res")
-    assert "train/res: running" in r.stdout and "train/cnx: up to date" in r.stdout
+    r = pipeline("run", "--params", changed, "--out", work, "--force", "--only", "ensemble")  # complete, rerun
+    assert "ensemble: running" in r.stdout
+    assert "train/res: up to date" in r.stdout and "train/cnx: up to date" in r.stdout
 
 
 def training_cell(nb):
