@@ -327,7 +327,8 @@ def probe_all(path, files, runs: dict, accums, steps: int = 2, stop_at_fit: bool
         accum, reason = choose_accum(trials, budget_gb, margin_gb)
         out[name] = {"spec": spec, "trials": trials, "accum": accum, "reason": reason}
         if log:
-            log(f"{name:24s} {spec.get('arch', '?'):28s} -> accum {accum}  ({reason})")
+            fixed = f"; this run sets accum {spec['accum']} itself" if "accum" in spec else ""
+            log(f"{name:24s} {spec.get('arch', '?'):28s} -> accum {accum}  ({reason}{fixed})")
     return out
 
 

@@ -104,9 +104,9 @@ def test_collab_overfits_without_weight_decay_and_wd_fixes_it(demo):
     assert t.loc["DotProductBias, wd=0.1", "valid_mse"] < t.loc["DotProductBias", "valid_mse"]
 
 
-def test_fitted_ensembles_beat_the_plain_mean_and_the_best_member(demo):
-    """On the demo's holdout, greedy and optimize (scored by cross-fitting) are at least the plan-weighted mean and
-    the best member, within one image (the holdout is small)."""
+def test_fitted_ensembles_reach_the_best_member_and_stay_within_one_image_of_the_mean(demo):
+    """On the demo's holdout, greedy and optimize (scored by cross-fitting) are at least the best member (the notebook:
+    "rarely far below its best member") and within one image of the plan-weighted mean (the holdout is small)."""
     plan, out, _, _ = demo
     t = pd.read_csv(out / "ensemble" / "holdout.csv").set_index("run")
     names = [j.out_dir.name for j in plan.jobs if j.stage in ("train", "multitarget")]
@@ -114,5 +114,5 @@ def test_fitted_ensembles_beat_the_plain_mean_and_the_best_member(demo):
     best, mean = t.loc[names, "holdout_accuracy"].max(), t.loc["mean (plan weights)", "holdout_accuracy"]
     for fitted in ("greedy", "optimize"):
         acc = t.loc[fitted, "holdout_accuracy"]
-        assert acc >= mean - one - 1e-9 and acc >= best - one - 1e-9, (fitted, acc, mean, best)
+        assert acc >= best - 1e-9 and acc >= mean - one - 1e-9, (fitted, acc, mean, best)
         assert "cross" in t.loc[fitted, "scored_on"]
