@@ -73,7 +73,8 @@ def test_collect_404_names_the_run(plan, fake):
     fake.fail("ListKernelSessionOutput", 404)
     lines = []
     assert flow.collect(plan, runs=["train/convnext"], log=lines.append, sleep=Sleeps()) == 1
-    assert lines[-1].startswith("train/convnext: download of") and "(404" in lines[-1]
+    assert lines[-2].startswith("train/convnext: download of") and "(404" in lines[-2]
+    assert lines[-1].startswith("report: ")  # written all the same: what was collected so far
 
 
 def test_no_credentials_is_one_clear_error(fake, monkeypatch):
@@ -155,8 +156,8 @@ def test_status_download_and_submit_are_retried_then_fail_in_one_line(plan, fake
     fake.fail("download", code, times=3)
     lines = []
     assert flow.collect(plan, runs=["ensemble"], log=lines.append, sleep=Sleeps()) == 1
-    assert lines[-1].startswith(f"ensemble: download of {ref('ensemble')} output failed: Kaggle still answered "
-                                f"{code}") and "\n" not in lines[-1]
+    assert lines[-2].startswith(f"ensemble: download of {ref('ensemble')} output failed: Kaggle still answered "
+                                f"{code}") and "\n" not in lines[-2]
     fake.fail("CreateSubmission", code, times=3)
     with pytest.raises(client.KaggleCallError, match=rf"^ensemble: submission of submission.csv failed: Kaggle "
                                                      rf"still answered {code}"):

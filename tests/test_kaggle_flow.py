@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bs4 import BeautifulSoup
 from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
 
 from roadtop import probe
@@ -141,6 +142,12 @@ def test_collect_downloads_outputs_into_outputs(plan, fake):
     assert (plan.job("ensemble").out_dir / "submission.csv").read_bytes().startswith(b"image_id,label")
     assert any(ln.startswith("train/resnet:") and "ended in ERROR (boom)" in ln for ln in lines)
     assert not plan.job("train/resnet").out_dir.exists()
+    page = plan.out_dir / "report.html"  # the run's report, as after a local run: collected, failed, not yet there
+    assert lines[-1] == f"report: {page}"
+    table = BeautifulSoup(page.read_text(), "html.parser").find(id="jobs")
+    rows = {r[0]: r for r in ([td.text for td in tr.find_all("td")] for tr in table.find_all("tr")[1:])}
+    assert rows["train/convnext"][2] == "complete"
+    assert rows["train/resnet"][2] == "failed" and "Kaggle kernel ERROR: boom" in rows["train/resnet"][5]
 
 
 def test_collect_keeps_a_local_run(plan, fake):
@@ -151,7 +158,8 @@ def test_collect_keeps_a_local_run(plan, fake):
     (local / "preds.npz").write_bytes(b"local")
     lines = []
     flow.collect(plan, runs=["train/resnet"], log=lines.append, sleep=Sleeps())
-    assert (local / "preds.npz").read_bytes() == b"local" and "kept the local results" in lines[-1]
+    assert (local / "preds.npz").read_bytes() == b"local"
+    assert any(ln.startswith("train/resnet: kept the local results") for ln in lines)
     flow.collect(plan, runs=["train/resnet"], replace=True, log=lines.append, sleep=Sleeps())
     assert (local / "preds.npz").read_bytes() == b"kaggle"
 

@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
+from ..dag.records import cause
+from ..dag.report import write_report
 from ..dag.stages import stage
 from ..errors import RoadtopError
 from ..paths import KAGGLE_WORKING, atomic_write
@@ -461,14 +463,15 @@ def _download(api, n, rec, st, log, sleep) -> Path:
 
 
 def collect(plan, runs=None, replace: bool = False, api=None, log=print, sleep=time.sleep) -> int:
-    """Download the output (and log) of each COMPLETE/ERROR kernel into <kernel folder>/output/ and install
-    a COMPLETE one into its run's out_dir under outputs/. Returns 0 when all were COMPLETE and collected."""
+    """Download the output (and log) of each COMPLETE/ERROR kernel into <kernel folder>/output/, install a
+    COMPLETE one into its run's out_dir under outputs/, then write outputs/report.html. Returns 0 when all were
+    COMPLETE and collected."""
     st = settings(plan)
     state = load_state(plan)
     names = _pushed(plan, state, runs)
     api = api or connect()
     jobs = {j.name: j for j in plan.jobs}
-    rc = 0
+    rc, failed = 0, {}
     for n in names:
         rec = state["kernels"][n]
         try:
@@ -486,9 +489,14 @@ def collect(plan, runs=None, replace: bool = False, api=None, log=print, sleep=t
             continue
         if s == "ERROR":
             log(f"{n}: {rec['ref']} ended in ERROR ({msg or 'no message'}); its log is in {dest}")
+            failed[n] = {"state": "failed", "cause": f"Kaggle kernel ERROR: {msg or 'no message'} (log: {dest})"}
             rc = 1
         elif n in jobs:
             _install(jobs[n], dest, rec, replace, log)
+    try:  # the same one-page report as a local run: what was collected, next to what ran here
+        log(f"report: {write_report(plan, failed)}")
+    except Exception as e:  # noqa: BLE001 - the report only shows what was collected: it must not fail collect
+        log(f"report not written: {cause(e)}")
     return rc
 
 
