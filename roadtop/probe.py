@@ -319,13 +319,20 @@ def probe_all(path, files, runs: dict, accums, steps: int = 2, stop_at_fit: bool
     def fits(rec):
         return trial_fits(rec, budget_gb, margin_gb)
 
-    out = {}
+    out, measured = {}, {}  # measured: spec -> the run it was measured for (k folds of a run share one spec)
     for name in progress_bar(list(runs), display=progress, leave=False):
         spec = runs[name]
-        trials = probe_run(spec, accums, lambda a, s=spec: probe_trial(path, files, s, a, steps, 0, num_workers),
-                           fits, stop_at_fit)
-        accum, reason = choose_accum(trials, budget_gb, margin_gb)
-        out[name] = {"spec": spec, "trials": trials, "accum": accum, "reason": reason}
+        key = json.dumps(spec, sort_keys=True, default=str)
+        if key in measured:
+            first = out[measured[key]]
+            out[name] = {**first, "reason": f"{first['reason']}; as {measured[key]}, same spec"}
+        else:
+            measured[key] = name
+            trials = probe_run(spec, accums, lambda a, s=spec: probe_trial(path, files, s, a, steps, 0, num_workers),
+                               fits, stop_at_fit)
+            accum, reason = choose_accum(trials, budget_gb, margin_gb)
+            out[name] = {"spec": spec, "trials": trials, "accum": accum, "reason": reason}
+        accum, reason = out[name]["accum"], out[name]["reason"]
         if log:
             fixed = f"; this run sets accum {spec['accum']} itself" if "accum" in spec else ""
             log(f"{name:24s} {spec.get('arch', '?'):28s} -> accum {accum}  ({reason}{fixed})")

@@ -41,3 +41,19 @@ def test_probe_trial_on_cpu_times_and_marks_memory_unmeasured(tiny_data):
     assert rec["status"] == "ok", rec["error"]
     assert rec["peak_reserved_gb"] is None and rec["s_per_img"] > 0 and rec["s_per_img_infer"] > 0
     assert rec["bs"] == 32 and rec["batches"] == 4  # warm-up step of 2 batches + 1 timed step of 2
+
+
+def test_runs_with_the_same_spec_are_measured_once(monkeypatch):
+    """The k folds of a run (same arch, sizes and accum) cost one measurement, and every fold gets its record."""
+    calls = []
+    monkeypatch.setattr(probes, "probe_trial", lambda path, files, spec, a, *rest: (calls.append((spec["arch"], a)),
+                                                                                    T(a, peak=4.0))[1])
+    spec = {"arch": "test_resnet", "item_method": "crop", "item_size": 64, "size": 32}
+    runs = {f"res-fold{i}": dict(spec) for i in range(3)} | {"cnx": {**spec, "arch": "test_convnext"}}
+    lines = []
+    out = probes.probe_all(None, [], runs, [1, 2], progress=False, log=lines.append)
+    assert calls == [("test_resnet", 1), ("test_convnext", 1)]  # stops at the first fit, once per distinct spec
+    assert set(out) == set(runs) and out["res-fold2"]["trials"] == out["res-fold0"]["trials"]
+    assert out["res-fold2"]["accum"] == out["res-fold0"]["accum"] == 1
+    assert "as res-fold0, same spec" in out["res-fold1"]["reason"] and "same spec" not in out["cnx"]["reason"]
+    assert len(lines) == 4
