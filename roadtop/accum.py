@@ -8,7 +8,8 @@ import torch
 from .errors import RoadtopError
 from .paths import default_out, kaggle_folders
 
-__all__ = ["EFFECTIVE_BS", "PROBE_JSON", "SPEC_KEYS", "check_accum", "run_spec", "trial_fits", "choose_accum", "notebook_accum"]
+__all__ = ["EFFECTIVE_BS", "PROBE_JSON", "SPEC_KEYS", "check_accum", "run_spec", "trial_fits", "choose_accum", "probe_dirs",
+           "notebook_accum"]
 
 
 EFFECTIVE_BS = 64  # lesson 7: every run sees batches of 64, in `accum` pieces of 64 // accum
@@ -74,13 +75,20 @@ def choose_accum(trials: list, budget_gb: float, margin_gb: float):
     return None, "nothing fits (" + "; ".join(why) + ")"
 
 
+def probe_dirs(out_dir=None) -> list:
+    """Folders a notebook looks in for probe.json, nearest first: beside its run's folder (a pipeline run:
+    <out>/<stage>/<run> and <out>/probe), the default outputs/probe, then every Kaggle input holding one."""
+    near = [Path(out_dir).parent.parent / "probe"] if out_dir else []
+    return list(dict.fromkeys([*near, default_out("probe"), *kaggle_folders(PROBE_JSON)]))
+
+
 def notebook_accum(accum, spec: dict, search=None) -> int:
     """`accum` for a notebook run outside the pipeline: an int as is; "auto" from a probe.json with this spec."""
     check_accum(accum, "accum")
     if accum != "auto":
         return accum
     spec = run_spec({**spec, "accum": None})
-    dirs = search if search is not None else [default_out("probe"), *kaggle_folders(PROBE_JSON)]
+    dirs = search if search is not None else probe_dirs()
     for d in map(Path, dirs):
         f = d / PROBE_JSON
         if not f.exists():

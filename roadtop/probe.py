@@ -339,8 +339,10 @@ def probe_all(path, files, runs: dict, accums, steps: int = 2, stop_at_fit: bool
     return out
 
 
-def probe_result(runs: dict, info: dict, counts: dict, settings: dict, seconds: float) -> dict:
-    """The probe's JSON record: where it ran, the budget it used, the data's size and every run's trials."""
+def probe_result(runs: dict, info: dict, counts: dict, settings: dict, seconds: float, stages=None) -> dict:
+    """The probe's JSON record: where it ran, the budget it used, the data's size and every run's trials, each with
+    the stage that trains it (`stages`: run name -> stage)."""
+    runs = {name: {**r, "stage": (stages or {}).get(name)} for name, r in runs.items()}
     return {**info, **settings, "counts": counts, "seconds": round(seconds, 1), "runs": runs,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .accum import PROBE_JSON
+from .accum import PROBE_JSON, probe_dirs
 from .errors import RoadtopError
-from .paths import KAGGLE_INPUT
 from .weights import local_pretrained_cfg
 
 __all__ = ["ITEM_METHODS", "channels_first", "check_item_method", "local_weights", "num_workers", "plan_runs"]
@@ -54,19 +53,14 @@ def channels_first(model):
 
 
 def plan_runs(out_dir, search=None) -> dict:
-    """The training runs {name: {arch, item_method, item_size, size}} of the plan this run belongs to, as the memory
-    probe saved them; {} when no probe has run or this run (its folder's name) is not one of them.
-
-    Looks for probe.json beside this run's folder (a pipeline run: <out>/train/<run> and <out>/probe), then in the
-    Kaggle inputs (a kernel with the probe's output attached).
-    """
-    dirs = search if search is not None else [
-        Path(out_dir).parent.parent / "probe", *sorted(KAGGLE_INPUT.glob("*/probe")), *sorted(KAGGLE_INPUT.glob("*"))]
-    for d in map(Path, dirs):
+    """The runs {name: {arch, item_method, item_size, size}} of the plan this run belongs to that are trained like it
+    (the same stage, as the memory probe recorded it); {} when no probe.json names this run (its folder's name)."""
+    for d in map(Path, search if search is not None else probe_dirs(out_dir)):
         f = d / PROBE_JSON
         if f.exists():
             runs = json.loads(f.read_text()).get("runs", {})
-            if Path(out_dir).name not in runs:
+            me = runs.get(Path(out_dir).name)
+            if me is None:
                 return {}
-            return {name: r["spec"] for name, r in runs.items() if name != "multitarget"}  # trained by train.ipynb
+            return {name: r["spec"] for name, r in runs.items() if r.get("stage") == me.get("stage")}
     return {}

@@ -63,6 +63,8 @@ def test_probe_ran_first_and_an_accum_2_run_accumulates(demo):
     probe = json.loads((out / "probe" / "probe.json").read_text())
     trains = [j for j in plan.jobs if j.stage == "train"]
     assert set(probe["runs"]) == {j.out_dir.name for j in trains} | {"multitarget"}
+    assert {n: r["stage"] for n, r in probe["runs"].items()} == \
+        {j.out_dir.name: "train" for j in trains} | {"multitarget": "multitarget"}  # what train.plan_runs reads
     assert probe["gpu_measured"] is False  # CPU: speed measured, memory marked as not measured
     accums = {j.name: json.loads((j.out_dir / "manifest.json").read_text())["params"]["accum"] for j in trains}
     assert 2 in accums.values() and set(accums.values()) <= {1, 2}  # auto -> 1 on CPU; the explicit 2 stays

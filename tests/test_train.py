@@ -50,7 +50,8 @@ def test_plan_runs_come_from_the_probe(tmp_path):
     probe = tmp_path / "out" / "probe"
     probe.mkdir(parents=True)
     spec = {"arch": "convnext_atto", "item_method": "crop", "item_size": [128, 96], "size": 64}
-    (probe / "probe.json").write_text(json.dumps({"runs": {"cnx": {"spec": spec}, "multitarget": {"spec": spec}}}))
+    (probe / "probe.json").write_text(json.dumps({"runs": {"cnx": {"spec": spec, "stage": "train"},
+                                                          "multitarget": {"spec": spec, "stage": "multitarget"}}}))
     assert train.plan_runs(tmp_path / "out" / "train" / "cnx") == {"cnx": spec}
     assert train.plan_runs(tmp_path / "out" / "train" / "other") == {}  # a run outside the plan shows just itself
     assert train.plan_runs(tmp_path / "x", search=[tmp_path]) == {}  # no probe.json there

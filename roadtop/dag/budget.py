@@ -11,7 +11,7 @@ from ..errors import RoadtopError
 from .records import FAILED
 from .stages import stage
 
-__all__ = ["RUN_OVERHEAD_S", "run_key", "probe_runs", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "check_plan", "MAX_GPU_SESSIONS", "WEEKLY_GPU_HOURS", "kaggle_budget", "kaggle_internet"]
+__all__ = ["RUN_OVERHEAD_S", "run_key", "probe_runs", "probe_stages", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "check_plan", "MAX_GPU_SESSIONS", "WEEKLY_GPU_HOURS", "kaggle_budget", "kaggle_internet"]
 
 
 INFER_RATIO = 1 / 3  # forward-only cost relative to a training step, when inference was not timed
@@ -28,6 +28,11 @@ def run_key(job) -> str:
 def probe_runs(jobs) -> dict:
     """run name -> spec for every training job: what the pipeline injects as the probe's `runs`."""
     return {run_key(j): run_spec(j.params) for j in jobs if stage(j.stage).trains}
+
+
+def probe_stages(jobs) -> dict:
+    """run name -> the stage that trains it: the probe's `stages`, recorded in probe.json for the notebooks."""
+    return {run_key(j): j.stage for j in jobs if stage(j.stage).trains}
 
 
 def load_probe(out_dir) -> dict:

@@ -10,7 +10,7 @@ from ..ensemble import FOLD_RE, fold_name
 from ..errors import RoadtopError
 from ..paddy import make_demo, resolve_data
 from ..paths import NOTEBOOKS, ROOT, iskaggle
-from .budget import probe_runs
+from .budget import probe_runs, probe_stages
 from .params import check_arch, notebook_params, validate_params
 from .stages import ORDER, stage
 
@@ -146,7 +146,7 @@ def load_plan(path=None, out_dir=None) -> Plan:
             check_accum(j.params["accum"], f"{where} {j.name}")
     probe = next((j for j in jobs if stage(j.stage).measures), None)
     if probe:
-        probe.params["runs"] = probe_runs(jobs)
+        probe.params["runs"], probe.params["stages"] = probe_runs(jobs), probe_stages(jobs)
     elif any(j.params.get("accum") == "auto" for j in jobs):
         raise RoadtopError(f"{where}: accum: auto needs the memory probe: add a `probe:` section (e.g. probe: {{}})")
     for j in jobs:  # the jobs of its upstream stages that the plan has (the ensemble: every run)
