@@ -8,6 +8,7 @@
 import sys
 
 from roadtop.dag import cli
+from roadtop.kaggle.budget import kaggle_budget
 from roadtop.kaggle.cli import add_subcommands
 from roadtop.kaggle.settings import settings
 
@@ -19,7 +20,8 @@ def _kaggle(sub):
 
 def main(argv=None) -> int:
     """`pipeline.py ARGS`: the local pipeline's commands plus `kaggle`."""
-    return cli.main(argv, extra=[_kaggle], plan_checks=[settings])  # the kaggle: section is checked too
+    # the kaggle: section is checked by every command, and `plan` adds the Kaggle fan-out to its budget
+    return cli.main(argv, extra=[_kaggle], plan_checks=[settings], budget_checks=[kaggle_budget])
 
 
 if __name__ == "__main__":

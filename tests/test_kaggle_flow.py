@@ -17,6 +17,7 @@ from roadtop.dag import budget
 from roadtop.dag.plan import load_plan
 from roadtop.errors import RoadtopError
 from roadtop.kaggle import flow, record, settings
+from roadtop.kaggle.budget import kaggle_budget
 from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -362,7 +363,7 @@ def test_plan_checks_the_weekly_gpu_quota_and_prints_the_fan_out_wall_clock(tmp_
     plan = _real_plan(tmp_path)
     _probed(plan, 0.1)
     lines = []
-    assert budget.check_plan(plan, log=lines.append) == 0  # 27 GPU h in all, but no run near 9 h: not refused
+    assert budget.check_plan(plan, log=lines.append, checks=[kaggle_budget]) == 0  # 27 GPU h in all, but no run near 9 h: not refused
     assert lines[-1] == "within budget: OK"
     assert any(ln.startswith("total ") and "h on one GPU, one Kaggle session each (time_budget_h 9 a run" in ln
                for ln in lines)
@@ -378,11 +379,11 @@ def test_plan_checks_the_weekly_gpu_quota_and_prints_the_fan_out_wall_clock(tmp_
     assert total / 2 / 3600 - 0.01 <= float(wall_h) <= (total / 2 + longest) / 3600
     _probed(plan, 0.15)  # ~40 GPU hours: more than a week's quota
     with pytest.raises(RoadtopError, match=r"GPU h > kaggle.weekly_gpu_hours 30 \(split the plan over two weeks"):
-        budget.check_plan(plan, log=lambda s: None)
+        budget.check_plan(plan, log=lambda s: None, checks=[kaggle_budget])
     plan.kaggle["max_gpu_sessions"] = 1
     plan.kaggle["weekly_gpu_hours"] = 50
     lines.clear()
-    assert budget.check_plan(plan, override=True, log=lines.append) == 0
+    assert budget.check_plan(plan, override=True, log=lines.append, checks=[kaggle_budget]) == 0
     assert "weekly_gpu_hours" not in lines[-1]
     (fan,) = [ln for ln in lines if ln.startswith("kaggle: 9 GPU kernels")]
     assert fan.endswith("h wall clock at 1 at once (max_gpu_sessions), then the ensemble")

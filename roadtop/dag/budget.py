@@ -11,7 +11,7 @@ from ..errors import RoadtopError
 from .records import FAILED
 from .stages import stage
 
-__all__ = ["RUN_OVERHEAD_S", "run_key", "probe_runs", "probe_stages", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "check_plan", "MAX_GPU_SESSIONS", "WEEKLY_GPU_HOURS", "kaggle_budget", "kaggle_internet"]
+__all__ = ["RUN_OVERHEAD_S", "run_key", "probe_runs", "probe_stages", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "check_plan"]
 
 
 INFER_RATIO = 1 / 3  # forward-only cost relative to a training step, when inference was not timed
@@ -158,8 +158,11 @@ def _dur(s: float) -> str:
     return f"{int(s // 60)}m {int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
 
 
-def check_plan(plan, override: bool = False, log=print) -> int:
-    """Print run / accum / est. peak / est. time against time_budget_h; refuse an overflowing plan unless `override`."""
+def check_plan(plan, override: bool = False, log=print, checks=()) -> int:
+    """Print run / accum / est. peak / est. time against time_budget_h; refuse an overflowing plan unless `override`.
+
+    Each of `checks(plan, rows, session_h, log)` prints more and returns its problems as strings (e.g.
+    roadtop.kaggle.budget.kaggle_budget, added by pipeline.py)."""
     rows, pj, probe = plan_rows(plan)
     hours, budget = pj.params["time_budget_h"], pj.params["gpu_budget_gb"]
     c = probe["counts"]
@@ -179,7 +182,7 @@ def check_plan(plan, override: bool = False, log=print) -> int:
         flag = "" if r["fits"] else "  <- does not fit"
         log(f"{r['run']:28s} {acc:>8s} {r['peak']:>14s} {_dur(r['seconds']):>10s} {_dur(r['cumulative']):>11s}{flag}")
     total = rows[-1]["cumulative"] if rows else float(probe.get("seconds") or 0)
-    # One session runs the whole plan, unless the plan fans out as Kaggle kernels (one session each: kaggle_budget)
+    # One session runs the whole plan, unless the plan fans out as Kaggle kernels (one session each: `checks`)
     over = [] if plan.kaggle else [r["run"] for r in rows if r["cumulative"] > hours * 3600]
     unfit = [r["run"] for r in rows if not r["fits"]]
     within = (f"one Kaggle session each (time_budget_h {hours:g} a run, checked below)" if plan.kaggle else
@@ -193,7 +196,8 @@ def check_plan(plan, override: bool = False, log=print) -> int:
     if unfit:
         problems.append(f"run(s) {', '.join(unfit)} do not fit {budget:g} GiB at their accum (use accum: auto or "
                         f"a larger accum)")
-    problems += kaggle_budget(plan, rows, hours, log)
+    for check in checks:
+        problems += check(plan, rows, hours, log)
     if problems and not override:
         raise RoadtopError(f"plan {plan.name} refused: {'; '.join(problems)}; --override runs it anyway")
     if problems:
@@ -201,43 +205,3 @@ def check_plan(plan, override: bool = False, log=print) -> int:
     else:
         log("within budget: OK")
     return 0
-
-
-# ---- Kaggle: the fan-out of the training runs as GPU kernels ----------------------------------------------------
-MAX_GPU_SESSIONS = 2  # batch GPU sessions an account runs at once ("Maximum batch GPU session count of 2 reached")
-WEEKLY_GPU_HOURS = 30.0  # Kaggle's weekly GPU quota per account (it floats around 30 h)
-
-
-def kaggle_internet(setting="auto", code_competition: bool = False) -> tuple:
-    """(internet on?, why) for Kaggle kernels: `setting` true/false forces it; auto follows the competition kind."""
-    if setting is True or setting is False:
-        return setting, f"kaggle.internet: {str(setting).lower()}"
-    if code_competition:
-        return False, "code competition: submitted kernels must run offline, pretrained weights come from a dataset"
-    return True, "file competition: timm fetches pretrained weights from its hub, no weights dataset needed"
-
-
-def kaggle_budget(plan, rows, session_h: float, log=print) -> list:
-    """Print the Kaggle fan-out of `rows` (one GPU kernel each): internet, GPU hours against the weekly quota,
-    wall clock under the session cap; problems (only for a plan with a `kaggle:` section) as strings."""
-    k = getattr(plan, "kaggle", None) or {}
-    cap, weekly = int(k.get("max_gpu_sessions", MAX_GPU_SESSIONS)), float(k.get("weekly_gpu_hours", WEEKLY_GPU_HOURS))
-    on, why = kaggle_internet(k.get("internet", "auto"), bool(k.get("code_competition", False)))
-    secs = [r["seconds"] for r in rows if not math.isnan(r["seconds"])]
-    slots = [0.0] * max(1, cap)
-    for s in secs:  # in plan order, each kernel starts when a session frees up
-        slots[slots.index(min(slots))] += s
-    total = sum(secs)
-    log(f"kaggle: internet {'on' if on else 'off'} ({why})")
-    log(f"kaggle: {len(rows)} GPU kernels, {total / 3600:.2f} GPU h of weekly_gpu_hours {weekly:g}; "
-        f"{max(slots) / 3600:.2f} h wall clock at {cap} at once (max_gpu_sessions), then the ensemble")
-    if not k:
-        return []
-    problems = []
-    if total > weekly * 3600:
-        problems.append(f"est. {total / 3600:.2f} GPU h > kaggle.weekly_gpu_hours {weekly:g} (split the plan "
-                        f"over two weeks with --runs, or drop runs)")
-    long = [r["run"] for r in rows if r["seconds"] > session_h * 3600]
-    if long:
-        problems.append(f"run(s) {', '.join(long)} alone exceed one {session_h:g} h Kaggle session")
-    return problems

@@ -62,7 +62,7 @@ def cmd_validate(args) -> int:
 
 def cmd_plan(args) -> int:
     """Per run: accum, est. peak GPU memory and time from the probe; refuse a plan over budget unless --override."""
-    return check_plan(_plan(args), override=args.override)
+    return check_plan(_plan(args), override=args.override, checks=args.budget_checks)
 
 
 def _status_line(step) -> str:
@@ -93,9 +93,10 @@ def cmd_status(args) -> int:
     return 0
 
 
-def parser(extra=(), plan_checks=()) -> argparse.ArgumentParser:
+def parser(extra=(), plan_checks=(), budget_checks=()) -> argparse.ArgumentParser:
     """The CLI's argument parser; each of `extra` adds commands to its subparsers, each of `plan_checks(plan)`
-    checks a loaded plan further (raising RoadtopError)."""
+    checks a loaded plan further (raising RoadtopError), each of `budget_checks` adds to `plan`'s budget check
+    (see roadtop.dag.budget.check_plan)."""
     p = argparse.ArgumentParser(prog="pipeline.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -120,13 +121,13 @@ def parser(extra=(), plan_checks=()) -> argparse.ArgumentParser:
     pl.add_argument("--override", action="store_true", help="accept a plan over the time or memory budget")
     for add_more in extra:  # e.g. roadtop.kaggle.cli.add_subcommands, from pipeline.py
         add_more(sub)
-    p.set_defaults(plan_checks=tuple(plan_checks))
+    p.set_defaults(plan_checks=tuple(plan_checks), budget_checks=tuple(budget_checks))
     return p
 
 
-def main(argv=None, extra=(), plan_checks=()) -> int:
+def main(argv=None, extra=(), plan_checks=(), budget_checks=()) -> int:
     """Entry point: one clear line and exit code 2 on bad input."""
-    args = parser(extra, plan_checks).parse_args(argv)
+    args = parser(extra, plan_checks, budget_checks).parse_args(argv)
     t0 = time.time()
     try:
         return args.func(args)

@@ -5,12 +5,15 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..dag.budget import MAX_GPU_SESSIONS, WEEKLY_GPU_HOURS, kaggle_internet
 from ..dag.stages import STAGES
 from ..errors import RoadtopError
 from ..paddy import COMPETITION
 
-__all__ = ["KaggleSettings", "internet_on", "kaggle_dir", "kernel_slug", "kernel_title", "settings", "slugify"]
+__all__ = ["MAX_GPU_SESSIONS", "WEEKLY_GPU_HOURS", "KaggleSettings", "internet_on", "kaggle_dir", "kernel_slug",
+           "kernel_title", "settings", "slugify"]
+
+MAX_GPU_SESSIONS = 2  # batch GPU sessions an account runs at once ("Maximum batch GPU session count of 2 reached")
+WEEKLY_GPU_HOURS = 30.0  # Kaggle's weekly GPU quota per account (it floats around 30 h)
 
 
 @dataclass
@@ -64,8 +67,13 @@ def settings(plan) -> KaggleSettings:
 
 
 def internet_on(st: KaggleSettings) -> tuple:
-    """(internet on?, why) for the plan's kernels: `kaggle.internet`, or by competition kind when auto."""
-    return kaggle_internet(st.internet, st.code_competition)
+    """(internet on?, why) for the plan's kernels: `kaggle.internet` true/false forces it; auto follows the
+    competition kind."""
+    if st.internet is True or st.internet is False:
+        return st.internet, f"kaggle.internet: {str(st.internet).lower()}"
+    if st.code_competition:
+        return False, "code competition: submitted kernels must run offline, pretrained weights come from a dataset"
+    return True, "file competition: timm fetches pretrained weights from its hub, no weights dataset needed"
 
 
 def slugify(text: str) -> str:
