@@ -1,11 +1,13 @@
 """Where things live: repo root, Kaggle detection, default output folders, atomic writes."""
 
+import glob
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["ROOT", "NOTEBOOKS", "iskaggle", "KAGGLE_INPUT", "KAGGLE_WORKING", "default_out", "atomic_write", "kaggle_folders"]
+__all__ = ["ROOT", "NOTEBOOKS", "iskaggle", "KAGGLE_INPUT", "KAGGLE_WORKING", "default_out", "atomic_write", "kaggle_folders",
+           "mounted"]
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -61,3 +63,14 @@ def kaggle_folders(*markers, root=KAGGLE_INPUT, depth: int = 4, prefer: str = ""
             dirs[:] = []
         dirs.sort()
     return sorted(found, key=lambda p: (len(p.parts), p.name != prefer, str(p)))
+
+
+def mounted(p, root=KAGGLE_INPUT) -> str:
+    """`p`, a path under /kaggle/input/<slug>/... as a plan names it, where this session mounted it: as is when it
+    exists, else under <kind>/<slug>/ or <kind>/<owner>/<slug>/ (newer sessions), shallowest first; else `p`."""
+    p, root = str(p), str(root).rstrip("/") + "/"
+    if os.path.exists(p) or not p.startswith(root):
+        return p
+    rest = p[len(root):]
+    hits = sorted(glob.glob(root + "*/" + rest)) + sorted(glob.glob(root + "*/*/" + rest))
+    return hits[0] if hits else p

@@ -214,6 +214,10 @@ def test_kaggle_inputs_are_found_whatever_the_mount_layout(tmp_path, monkeypatch
     assert paddy.resolve_data(f"/kaggle/input/{paddy.COMPETITION}") == data  # as a pushed kernel names it
     assert paths.kaggle_folders("train.csv", "train_images", root=root) == [data]
     assert paths.kaggle_folders(accum.PROBE_JSON, root=root) == [root / "notebooks" / USER / "roadtop-x-probe" / "probe"]
+    # a pushed kernel's /kaggle/input/<slug>/... parameters, moved to where the session mounted them
+    assert paths.mounted(root / "roadtop-x-probe" / "probe", root) == str(root / "notebooks" / USER / "roadtop-x-probe" / "probe")
+    assert paths.mounted(root / data.name, root) == str(data)
+    assert paths.mounted(root / "nowhere", root) == str(root / "nowhere")  # not mounted: as the plan named it
 
 
 def test_environment_yml_installs_the_pinned_torch_from_pip():

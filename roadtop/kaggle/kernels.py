@@ -243,25 +243,18 @@ def bootstrap_source(modules=None, pkg_dir=None) -> str:
 
 
 def _inputs_source(params: dict) -> str:
-    """A cell that points /kaggle/input/<slug>... parameters at where this session mounted them: Kaggle
-    mounts an input at /kaggle/input/<slug>, or in newer sessions under /kaggle/input/<kind>/<owner>/."""
+    """A cell that points the /kaggle/input/<slug>... parameters at where this session mounted them
+    (roadtop.paths.mounted); "" when no parameter names a Kaggle input."""
     names = [k for k, v in params.items()
              if any(str(x).startswith(f"{KAGGLE_INPUT}/") for x in (v if isinstance(v, list) else [v]))]
     if not names:
         return ""
-    fix = [f"{k} = [_roadtop_input(p) for p in {k}]" if isinstance(params[k], list) else
-           f"{k} = _roadtop_input({k})" for k in names]
     return "\n".join([
         "# roadtop (added by `pipeline.py kaggle push`): inputs are mounted at /kaggle/input/<slug>, or in",
         "# newer sessions at /kaggle/input/<kind>/<owner>/<slug>: point the parameters at wherever they are.",
-        "import glob as _glob, os as _os",
-        "def _roadtop_input(p, root='/kaggle/input/'):",
-        "    if _os.path.exists(p) or not p.startswith(root):",
-        "        return p",
-        "    rest = p[len(root):]",
-        "    hits = sorted(_glob.glob(root + '*/' + rest) + _glob.glob(root + '*/*/' + rest))",
-        "    return hits[0] if hits else p",
-        *fix,
+        "from roadtop.paths import mounted",
+        *(f"{k} = [mounted(p) for p in {k}]" if isinstance(params[k], list) else f"{k} = mounted({k})"
+          for k in names),
     ]) + "\n"
 
 
