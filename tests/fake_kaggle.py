@@ -65,7 +65,13 @@ class FakeKaggle:
     - SaveKernel with a dataset source that does not exist or is still processing makes and runs the version
       anyway, without it, listing it under invalidDatasetSources (Kaggle/kaggle-cli#433);
     - each SaveKernel makes a new version (versionNumber), GetKernel answers the current one
-      (kagglesdk ApiKernelMetadata.current_version_number); GetKernelSessionStatus answers the latest version.
+      (kagglesdk ApiKernelMetadata.current_version_number); GetKernelSessionStatus and ListKernelSessionOutput
+      answer the latest version, or the one named by versionLabel "v<N>" (kaggle 2.2.5 `_kernel_version_label`:
+      "the API expects them written as v<N> and returns 404 for the bare number");
+    - a new version of a kernel whose last version is still queued or running does not stop that one: both run
+      and hold a session (Kaggle/kaggle-cli#388);
+    - KernelWorkerStatus also has NEW_SCRIPT, CANCEL_REQUESTED (still running) and CANCEL_ACKNOWLEDGED (kagglesdk
+      kernels_enums.py), scriptable with `set_statuses`.
     With `use_clock()`, a kernel is QUEUED, then RUNNING for its run time, then COMPLETE, on a fake clock that the
     tests advance through the code's sleep hook (`tick`), so hours of Kaggle pass in no time.
     """
@@ -87,8 +93,11 @@ class FakeKaggle:
         self.clocked = False
         self.queue_s, self.run_s, self.run_s_of, self.errors_of = 0.0, 0.0, {}, {}
         self.sessions = {}  # ref -> (start, end, gpu) of its latest version (clock mode)
+        self.version_sessions = {}  # (ref, version) -> (start, end, gpu) of every version (clock mode)
+        self.version_outputs = {}  # (ref, version) -> file name -> bytes of an older version (else outputs[ref])
         self.meta = {}  # ref -> SaveKernel payload of its latest version
         self.max_gpu_active = 0
+        self.status_versions = []  # (ref, versionLabel) of every GetKernelSessionStatus
         self.refused = []  # slugs refused by the session cap, in order
         self.pushes = []  # (fake time, ref, version) of every version made
         self._faults = defaultdict(deque)
@@ -154,7 +163,7 @@ class FakeKaggle:
     def active_gpu(self):
         """GPU kernels queued or running now."""
         if self.clocked:
-            return sum(1 for start, end, gpu in self.sessions.values() if gpu and start <= self.clock < end)
+            return sum(1 for start, end, gpu in self.version_sessions.values() if gpu and start <= self.clock < end)
         return sum(1 for ref, m in self.meta.items()
                    if m.get("enableGpu") and self.statuses[ref][0] in ("QUEUED", "RUNNING"))
 
@@ -189,7 +198,8 @@ class FakeKaggle:
             code, message, headers, _ = fault
             return self._send(h, code, {"code": code, "message": message}, headers)
         if verb == "GET" and parts[0] == "download":
-            data = self.outputs["/".join(parts[1:3])].get("/".join(parts[3:]))
+            kref, v = "/".join(parts[1:3]), int(h.path.partition("?v=")[2] or 0)
+            data = self.version_outputs.get((kref, v), self.outputs[kref]).get("/".join(parts[3:]))
             return self._send_bytes(h, 200 if data is not None else 404, data or b"not found")
         if verb == "PUT" and parts[0] == "upload":
             self.uploads[parts[1]] = body
@@ -238,10 +248,7 @@ class FakeKaggle:
         ref = p["slug"]
         with self._lock:
             gpu = bool(p.get("enableGpu"))
-            replaced = self.sessions.get(ref) if self.clocked else None
-            busy = self.active_gpu() - (1 if replaced and replaced[2] and replaced[0] <= self.clock < replaced[1]
-                                        else 0)
-            if gpu and busy >= self.gpu_cap:
+            if gpu and self.active_gpu() >= self.gpu_cap:  # an old version still running counts (#388)
                 self.refused.append(ref)
                 return 200, {"error": f"Maximum batch GPU session count of {self.gpu_cap} reached."}
             self.versions[ref] += 1
@@ -250,7 +257,7 @@ class FakeKaggle:
             self.pushes.append((self.clock, ref, v))
             if self.clocked:
                 end = self.clock + self.queue_s + self.run_s_of.get(ref, self.run_s)
-                self.sessions[ref] = (self.clock, end, gpu)
+                self.sessions[ref] = self.version_sessions[(ref, v)] = (self.clock, end, gpu)
             self.max_gpu_active = max(self.max_gpu_active, self.active_gpu())
             invalid = [d for d in p.get("datasetDataSources") or [] if self._dataset_status(d) != "READY"]
         out = {"ref": f"/code/{ref}", "url": f"{self.url}/code/{ref}", "versionNumber": v, "error": ""}
@@ -267,19 +274,28 @@ class FakeKaggle:
             return 404, {"code": 404, "message": f"kernel {ref} not found"}
         return 200, {"metadata": {"ref": ref, "slug": ref.split("/")[1], "currentVersionNumber": self.versions[ref]}}
 
+    def _version(self, p, ref):
+        """The version a request names by versionLabel ("v3"), else the latest; None for a bare number (404)."""
+        label = p.get("versionLabel")
+        if not label:
+            return self.versions[ref]
+        return int(label[1:]) if label[:1] == "v" and label[1:].isdigit() else None
+
     def _rpc_GetKernelSessionStatus(self, p):
         ref = self._kref(p)
-        if ref not in self.versions:
-            return 404, {"code": 404, "message": f"kernel {ref} not found"}
+        v = self._version(p, ref) if ref in self.versions else None
+        if v is None or not 1 <= v <= self.versions[ref]:
+            return 404, {"code": 404, "message": f"kernel {ref} version {p.get('versionLabel')} not found"}
+        self.status_versions.append((ref, p.get("versionLabel")))
         with self._lock:
             if self.clocked:
-                start, end, _ = self.sessions.get(ref, (-1.0, -1.0, False))  # pushed before the clock: ended
+                start, end, _ = self.version_sessions.get((ref, v), (-1.0, -1.0, False))  # before the clock: ended
                 status = ("QUEUED" if start <= self.clock < start + self.queue_s else "RUNNING" if self.clock < end
                           else "ERROR" if ref in self.errors_of else "COMPLETE")
                 if status == "ERROR":
                     self.failure[ref] = self.errors_of[ref]
             else:
-                q = self.statuses[ref]
+                q = self.statuses[f"{ref}/v{v}"] if f"{ref}/v{v}" in self.statuses else self.statuses[ref]
                 status = q.popleft() if len(q) > 1 else q[0]
         out = {"status": status}
         if status == "ERROR":
@@ -288,9 +304,11 @@ class FakeKaggle:
 
     def _rpc_ListKernelSessionOutput(self, p):
         ref = self._kref(p)
-        if ref not in self.versions:
-            return 404, {"code": 404, "message": f"kernel {ref} not found"}
-        files = [{"url": f"{self.url}/download/{ref}/{n}", "fileName": n} for n in sorted(self.outputs[ref])]
+        v = self._version(p, ref) if ref in self.versions else None
+        if v is None or not 1 <= v <= self.versions[ref]:
+            return 404, {"code": 404, "message": f"kernel {ref} version {p.get('versionLabel')} not found"}
+        outs = self.version_outputs.get((ref, v), self.outputs[ref])
+        files = [{"url": f"{self.url}/download/{ref}/{n}?v={v}", "fileName": n} for n in sorted(outs)]
         return 200, {"files": files, "log": self.logs.get(ref, "")}
 
     def _rpc_CreateCodeSubmission(self, p):

@@ -128,6 +128,7 @@ def test_a_5xx_after_the_version_was_made_pushes_no_duplicate(plan, fake):
     assert any("answered 502 to the push, but" in ln and "new version 1" in ln for ln in lines)
     assert record.load_state(plan)["kernels"]["train/resnet"]["version"] == 1
     # a 5xx that made nothing is retried; a 5xx on a re-push that made version 2 is not
+    fake.set_statuses(ref("train/resnet"), "COMPLETE")  # re-pushing a running kernel is refused
     fake.fail("SaveKernel", 503)
     fake.fail("SaveKernel", 500, after=True)
     assert flow.push(plan, runs=["train/resnet"], force=True, log=lines.append, sleep=Sleeps(),

@@ -365,8 +365,8 @@ def test_plan_checks_the_weekly_gpu_quota_and_prints_the_fan_out_wall_clock(tmp_
     lines = []
     assert budget.check_plan(plan, log=lines.append, checks=[kaggle_budget]) == 0  # 27 GPU h in all, but no run near 9 h: not refused
     assert lines[-1] == "within budget: OK"
-    assert any(ln.startswith("total ") and "h on one GPU, one Kaggle session each (time_budget_h 9 a run" in ln
-               for ln in lines)
+    assert any(ln.startswith("total ") and "h on one GPU, one Kaggle session per GPU kernel (kaggle.session_hours"
+               in ln for ln in lines)
     rows, _, _ = budget.plan_rows(plan)
     total, longest = sum(r["seconds"] for r in rows), max(r["seconds"] for r in rows)
     assert len(rows) == 9 and 20 * 3600 < total < 30 * 3600
@@ -422,3 +422,98 @@ def test_a_status_outage_during_the_fan_out_is_waited_out(fake, tmp_path):
     assert flow.run(plan, submit_it=True, log=lines.append, sleep=Sleeps(), out=io.StringIO()) == 0
     assert any("after 6 tries" in ln and ln.endswith("the next poll tries again") for ln in lines), lines[:20]
     assert len(fake.calls("CreateSubmission")) == 1
+
+
+# ---- states and versions: NEW_SCRIPT, cancellations, re-pushes of a running kernel, the recorded version -------
+def test_new_script_waits_like_queued_and_cancel_requested_holds_its_session(plan, fake):
+    """One GPU session: convnext goes NEW_SCRIPT -> CANCEL_REQUESTED (still running) -> CANCEL_ACKNOWLEDGED;
+    resnet is pushed only after that, and the ensemble is not pushed: a source was cancelled."""
+    plan.kaggle["max_gpu_sessions"] = 1
+    fake.set_statuses(ref("train/convnext"), "NEW_SCRIPT", "NEW_SCRIPT", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED")
+    fake.set_statuses(ref("train/resnet"), "RUNNING", "COMPLETE")
+    out, lines = io.StringIO(), []
+    assert flow.push(plan, wait=True, log=lines.append, sleep=Sleeps(), out=out) == 1
+    saves = [s["slug"] for s in fake.calls("SaveKernel")]
+    assert saves == [ref("train/convnext"), ref("train/resnet")]
+    polls = [r for r, _ in fake.status_versions]
+    first_resnet = next(i for i, r in enumerate(fake.requests) if r.method == "SaveKernel"
+                        and r.payload["slug"] == ref("train/resnet"))
+    acks = [i for i, r in enumerate(fake.requests) if r.method == "GetKernelSessionStatus"
+            and r.payload["kernelSlug"] == "roadtop-kdemo-train-convnext"]
+    assert polls.count(ref("train/convnext")) == 4 and first_resnet > acks[3]  # after CANCEL_ACKNOWLEDGED
+    table = out.getvalue()
+    assert "queued (new version)" in table and "cancelling (still holds its session)" in table
+    assert "cancelled (cancelled on Kaggle)" in table
+    assert any(ln.startswith("ensemble: not pushed: train/convnext ended in CANCEL_ACKNOWLEDGED on Kaggle")
+               for ln in lines)
+    assert record.load_state(plan)["kernels"]["train/convnext"]["failure"] == "cancelled on Kaggle"
+
+
+def test_a_re_push_of_a_running_kernel_is_refused_unless_force_running(plan, fake):
+    fake.use_clock(run_s=100, queue_s=10)
+    kw = {"sleep": Sleeps(), "out": io.StringIO()}
+    assert flow.push(plan, runs=["train/resnet"], log=lambda s: None, **kw) == 0
+    with pytest.raises(RoadtopError, match=r"^train/resnet: fake-user/roadtop-kdemo-train-resnet v1 is QUEUED on "
+                       r"Kaggle: a new version would not stop it and both sessions would be billed"):
+        flow.push(plan, runs=["train/resnet"], force=True, log=lambda s: None, **kw)
+    assert len(fake.pushes) == 1
+    lines = []
+    assert flow.push(plan, runs=["train/resnet"], force=True, force_running=True, log=lines.append, **kw) == 0
+    assert any("--force-running" in ln and "bills both sessions" in ln for ln in lines)
+    assert fake.active_gpu() == 2  # v1 still runs beside v2 (Kaggle/kaggle-cli#388)
+    fake.tick(200)
+    assert flow.push(plan, runs=["train/resnet"], force=True, log=lambda s: None, **kw) == 0  # v2 ended: fine
+    assert [v for _, _, v in fake.pushes] == [1, 2, 3]
+
+
+def test_status_and_collect_ask_for_the_recorded_version(plan, fake):
+    """Someone pushed convnext v2 elsewhere (a notebook edit on kaggle.com): status and collect still read v1,
+    the version this plan pushed."""
+    push_all(plan, fake)
+    r = ref("train/convnext")
+    fake.versions[r] += 1  # v2, not ours
+    fake.set_statuses(f"{r}/v2", "RUNNING")
+    fake.set_statuses(f"{r}/v1", "COMPLETE")
+    fake.version_outputs[(r, 1)] = {"convnext/preds.npz": b"v1 preds"}
+    fake.outputs[r] = {"convnext/preds.npz": b"v2 preds"}
+    assert flow.collect(plan, runs=["train/convnext"], log=lambda s: None, sleep=Sleeps()) == 0
+    assert (plan.job("train/convnext").out_dir / "preds.npz").read_bytes() == b"v1 preds"
+    assert (r, "v1") in fake.status_versions and (r, "v2") not in fake.status_versions
+    outs = [p for p in fake.calls("ListKernelSessionOutput") if p["kernelSlug"] == r.split("/")[1]]
+    assert outs and all(p["versionLabel"] == "v1" for p in outs)
+
+
+def test_a_failed_dataset_ends_in_one_line_without_waiting(plan, fake):
+    fake.datasets[WEIGHTS] = float("inf")
+    fake._dataset_status = lambda d: "FAILED" if d == WEIGHTS else "READY"  # its processing failed for good
+    lines, sleeps = [], Sleeps()
+    assert flow.push(plan, runs=["train/convnext"], wait=True, log=lines.append, sleep=sleeps,
+                     out=io.StringIO()) == 1
+    assert fake.calls("SaveKernel") == [] and sleeps == []
+    (line,) = [ln for ln in lines if "not pushed" in ln]
+    assert line == (f"train/convnext: not pushed: dataset {WEIGHTS} is FAILED on Kaggle: upload it again with "
+                    f"`pipeline.py kaggle weights FOLDER --dataset {WEIGHTS}`")
+
+
+def test_a_retired_accelerator_is_refused_saying_what_kaggle_would_run(plan):
+    from kaggle.api import kaggle_api_extended
+
+    assert settings.RETIRED_ACCELERATORS == kaggle_api_extended._RETIRED_ACCELERATORS  # the client's own table
+    plan.kaggle["accelerator"] = "NvidiaTeslaP100"
+    with pytest.raises(RoadtopError, match=r"kdemo.yaml: kaggle.accelerator=NvidiaTeslaP100 is retired on Kaggle: "
+                       r"Sessions run on the default GPU \(NvidiaTeslaT4\) instead. Set kaggle.accelerator"):
+        settings.settings(plan)
+
+
+def test_dry_run_finds_the_owner_from_an_access_token_file(plan, fake, monkeypatch):
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    token = Path.home() / ".kaggle" / "access_token"
+    lines = []
+    with pytest.raises(RoadtopError, match="push --dry-run needs the owner"):
+        flow.push(plan, dry_run=True, log=lines.append)
+    token.parent.mkdir()
+    token.write_text(fake.token)
+    assert flow.push(plan, dry_run=True, log=lines.append) == 0
+    meta = json.loads((settings.kaggle_dir(plan) / "roadtop-kdemo-ensemble" / "kernel-metadata.json").read_text())
+    assert meta["id"] == f"{USER}/roadtop-kdemo-ensemble" and fake.calls("SaveKernel") == []

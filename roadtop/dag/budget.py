@@ -185,7 +185,7 @@ def check_plan(plan, override: bool = False, log=print, checks=()) -> int:
     # One session runs the whole plan, unless the plan fans out as Kaggle kernels (one session each: `checks`)
     over = [] if plan.kaggle else [r["run"] for r in rows if r["cumulative"] > hours * 3600]
     unfit = [r["run"] for r in rows if not r["fits"]]
-    within = (f"one Kaggle session each (time_budget_h {hours:g} a run, checked below)" if plan.kaggle else
+    within = ("one Kaggle session per GPU kernel (kaggle.session_hours, checked below)" if plan.kaggle else
               f"of time_budget_h {hours:g}")
     log(f"total {total / 3600:.2f} h on one GPU, {within} (speed measured on {probe.get('device')}; "
         f"{RUN_OVERHEAD_S:g} s a run for start-up)")

@@ -28,7 +28,8 @@ def kaggle_budget(plan, rows, session_h: float, log=print) -> list:
     if total > weekly * 3600:
         problems.append(f"est. {total / 3600:.2f} GPU h > kaggle.weekly_gpu_hours {weekly:g} (split the plan "
                         f"over two weeks with --runs, or drop runs)")
-    long = [r["run"] for r in rows if r["seconds"] > session_h * 3600]
+    long = [r["run"] for r in rows if r["seconds"] > st.session_hours * 3600]
     if long:
-        problems.append(f"run(s) {', '.join(long)} alone exceed one {session_h:g} h Kaggle session")
+        problems.append(f"run(s) {', '.join(long)} alone exceed one {st.session_hours:g} h Kaggle session "
+                        "(kaggle.session_hours)")
     return problems

@@ -11,6 +11,9 @@ from .settings import settings
 
 __all__ = ["add_subcommands"]
 
+FORCE_RUNNING = ("push a new version of a kernel even while its last one is queued or running (Kaggle does not "
+                 "stop that one: both sessions are billed)")
+
 
 def _plan(args):
     """The plan named by --params (the default plan when none), with --out applied."""
@@ -22,13 +25,16 @@ def _cmd_push(args) -> int:
     if args.submit and not args.dry_run:
         if not args.wait:
             raise RoadtopError("push --submit needs --wait (or use `pipeline.py kaggle run --submit`)")
-        return run(_plan(args), args.runs, force=args.force, submit_it=True, message=args.message)
-    return push(_plan(args), args.runs, force=args.force, wait=args.wait, dry_run=args.dry_run)
+        return run(_plan(args), args.runs, force=args.force, submit_it=True, message=args.message,
+                   force_running=args.force_running)
+    return push(_plan(args), args.runs, force=args.force, wait=args.wait, dry_run=args.dry_run,
+                force_running=args.force_running)
 
 
 def _cmd_run(args) -> int:
     """`kaggle run`: the whole plan."""
-    return run(_plan(args), args.runs, force=args.force, submit_it=args.submit, message=args.message)
+    return run(_plan(args), args.runs, force=args.force, submit_it=args.submit, message=args.message,
+               force_running=args.force_running)
 
 
 def _cmd_status(args) -> int:
@@ -72,6 +78,7 @@ def add_subcommands(parser):
     p = sub.add_parser("run", parents=[common, runs], help="the whole plan: push under the GPU session cap "
                        "until all end, collect, (--submit) submit; rerun to resume")
     p.add_argument("--force", action="store_true", help="push new versions even if nothing changed")
+    p.add_argument("--force-running", action="store_true", help=FORCE_RUNNING)
     p.add_argument("--submit", action="store_true", help="submit the ensemble once everything is COMPLETE")
     p.add_argument("--message", "-m", help="submission description")
     p.set_defaults(func=_cmd_run)
@@ -79,6 +86,7 @@ def add_subcommands(parser):
     p = sub.add_parser("push", parents=[common, runs], help="push each run as a Kaggle kernel, at most "
                        "kaggle.max_gpu_sessions GPU kernels at once")
     p.add_argument("--force", action="store_true", help="push a new version even if nothing changed")
+    p.add_argument("--force-running", action="store_true", help=FORCE_RUNNING)
     p.add_argument("--wait", action="store_true", help="keep polling and pushing (free GPU sessions, runs "
                    "whose sources COMPLETE) until every kernel has ended")
     p.add_argument("--submit", action="store_true", help="with --wait: collect, then submit the ensemble")

@@ -13,12 +13,14 @@ import urllib3
 
 with redirect_stdout(io.StringIO()):  # `import kaggle` logs in at once and prints a page-long login banner
     from kaggle.api.kaggle_api_extended import KaggleApi  # when there are no credentials: one line is ours
+from kagglesdk import get_access_token_from_env
 from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 
 from ..errors import RoadtopError
 from .settings import KaggleSettings
 
-__all__ = ["KaggleCallError", "api_username", "call_kaggle", "connect", "kernel_version", "offline_username"]
+__all__ = ["KaggleCallError", "api_username", "call_kaggle", "connect", "kernel_version", "offline_username",
+           "owner_username"]
 
 NO_CREDENTIALS = ("no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_KEY, put kaggle.json in ~/.kaggle/ "
                   "(chmod 600), or set KAGGLE_API_TOKEN (kaggle.com > Settings > API)")
@@ -54,6 +56,16 @@ def offline_username() -> str:
         if user:
             return user
     return ""
+
+
+def owner_username() -> str:
+    """The Kaggle user of the local credentials: offline_username(), else, when only an access token is there
+    (KAGGLE_API_TOKEN, ~/.kaggle/access_token: it does not name its user), Kaggle's answer to one IntrospectToken
+    call; "" when there are no credentials."""
+    user = offline_username()
+    if user or not get_access_token_from_env()[0]:
+        return user
+    return api_username(connect())
 
 
 def connect():

@@ -14,16 +14,15 @@ from ..dag.report import write_report
 from ..dag.stages import stage
 from ..errors import RoadtopError
 from ..paths import KAGGLE_WORKING, atomic_write
-from .client import KaggleCallError, api_username, call_kaggle, connect, kernel_version, offline_username
+from .client import KaggleCallError, api_username, call_kaggle, connect, kernel_version, owner_username
 from .kernels import Kernel, build_kernels, fingerprint, gpu_kernel, kaggle_out, select_jobs
 from .record import load_state, save_state
+from .schedule import Candidate, KernelState, decide, running_repushes, state_of
 from .settings import internet_on, settings
 
 __all__ = [
-    "ACTIVE",
     "MARKER",
     "SESSION_CAP",
-    "TERMINAL",
     "SlotBusy",
     "collect",
     "push",
@@ -34,12 +33,6 @@ __all__ = [
     "status_table",
     "submit",
 ]
-
-
-TERMINAL = ("COMPLETE", "ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED", "FAILED")  # TERMINAL[1:]: ended badly
-ACTIVE = ("QUEUED", "RUNNING")  # a kernel that holds one of the account's sessions
-# FAILED is ours, not Kaggle's: a version Kaggle took but that cannot do its job (it lost a source), kept until
-# the run is pushed again.
 
 
 MARKER = "kaggle-kernel.json"  # written into a run's out_dir when `collect` installs a kernel's output there
@@ -133,12 +126,29 @@ def _dataset_ready(api, ds: str, st, log, sleep) -> str:
 def _up_to_date(k: Kernel, state: dict) -> bool:
     """True when `k` is recorded with this content and these source versions, and did not end badly."""
     rec = state["kernels"].get(k.name)
-    return bool(rec) and rec.get("sha") == fingerprint(k, state)[0] and rec.get("status") not in TERMINAL[1:]
+    return bool(rec) and rec.get("sha") == fingerprint(k, state)[0] and not state_of(rec.get("status")).bad
+
+
+def _candidate(k: Kernel, state: dict, user: str) -> Candidate:
+    """The scheduler's view of kernel `k`: what it reads, GPU, its own datasets (their status can be asked)."""
+    mine = tuple(d for d in k.meta["dataset_sources"] if d.split("/")[0] == user)
+    return Candidate(k.name, tuple(k.needs), gpu_kernel(k), mine, _up_to_date(k, state))
+
+
+def states_now(state: dict, n: str) -> KernelState:
+    """The recorded KernelState of run `n`."""
+    return state_of(state["kernels"][n].get("status"))
+
+
+def _holding(state: dict) -> int:
+    """GPU kernels of the record that hold one of the account's sessions now."""
+    return sum(1 for r in state["kernels"].values() if r.get("gpu") and state_of(r.get("status")).holds_session)
 
 
 def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep, live) -> int:
-    """Push `kernels` (needed runs first) keeping at most st.max_gpu_sessions GPU kernels queued/running;
-    a run that reads others goes when they are COMPLETE. `wait`: poll until every kernel has ended."""
+    """Push `kernels` (needed runs first) keeping at most st.max_gpu_sessions GPU kernels holding a session; a
+    run that reads others goes when they are COMPLETE (roadtop.kaggle.schedule.decide says what to do, this loop
+    asks Kaggle and does it). `wait`: poll until every kernel has ended."""
     todo, names = [], [k.name for k in kernels]
     for k in kernels:
         if force or not _up_to_date(k, state) or any(n in {t.name for t in todo} for n in k.needs):
@@ -151,7 +161,7 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
     while True:
         needed = {n for k in todo for n in k.needs}  # runs read by ours, pushed or not by this command
         watch = [n for n, r in state["kernels"].items()  # and every GPU kernel of the plan that holds a session
-                 if (n in names or n in needed or r.get("gpu")) and r.get("status") in ACTIVE]
+                 if (n in names or n in needed or r.get("gpu")) and state_of(r.get("status")).holds_session]
         if watch:
             try:
                 refresh(api, plan, watch, st=st, state=state, log=log, sleep=sleep)
@@ -159,72 +169,51 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
                 if not wait or e.code == 401:
                     raise
                 log(f"{e}; the next poll tries again")
-        status_of = {n: r.get("status") for n, r in state["kernels"].items()}
-        busy = sum(1 for r in state["kernels"].values() if r.get("gpu") and r.get("status") in ACTIVE)
+        states = {n: state_of(r.get("status")) for n, r in state["kernels"].items()}
+        busy = _holding(state)
+        cands = [_candidate(k, state, user) for k in todo]
+        datasets = {d: _dataset_ready(api, d, st, log, sleep) for c in cands if not any(
+            n in {t.name for t in todo} or states.get(n) is not KernelState.COMPLETE for n in c.needs)
+            for d in c.datasets}
+        plan_now = decide(cands, states, datasets, busy, cap, failed=failed, force=force)
         refused = progress = False
-        ready = {}
         for k in list(todo):
-            queued = {t.name for t in todo}
-            broken = [n for n in k.needs if n in failed or (n not in queued and status_of.get(n) in TERMINAL[1:])]
-            if broken:
-                n = broken[0]
-                why = "could not be pushed" if n in failed else f"ended in {status_of[n]} on Kaggle"
-                failed[k.name] = f"{n} {why}"
-                log(f"{k.name}: not pushed: {n} {why} (fix it, then `pipeline.py kaggle push` again)")
+            d = plan_now[k.name]
+            if d.action == "fail":
+                failed[k.name] = d.why
+                log(f"{k.name}: not pushed: {d.why}: {d.fix}")
                 todo.remove(k)
                 rc = 1
-                continue
-            pending = [n for n in k.needs if n in queued or status_of.get(n) != "COMPLETE"]
-            if pending:
-                notes[k.name] = f"needs {', '.join(pending)}"
-                continue
-            if not force and _up_to_date(k, state):
+            elif d.action == "skip":
                 log(f"{k.name}: {k.ref} is already pushed with these parameters and sources")
                 todo.remove(k)
-                continue
-            mine = [d for d in k.meta["dataset_sources"] if d.split("/")[0] == user]  # status: own datasets only
-            for d in mine:
-                if d not in ready:
-                    ready[d] = _dataset_ready(api, d, st, log, sleep)
-            missing = [d for d in mine if ready[d] == "missing"]
-            if missing:
-                failed[k.name] = f"dataset {missing[0]} does not exist"
-                log(f"{k.name}: not pushed: dataset {missing[0]} does not exist on Kaggle: create it with "
-                    f"`pipeline.py kaggle weights FOLDER --dataset {missing[0]}`")
+            elif d.action == "wait" or (refused and gpu_kernel(k)):
+                notes[k.name] = "Kaggle: GPU sessions busy" if d.action == "push" else d.why
+            else:
+                try:
+                    _push_one(api, plan, k, st, state, log, sleep)
+                except SlotBusy as e:
+                    refused = True  # the account runs fewer than asked now (or others hold them): retry next poll
+                    notes[k.name] = "Kaggle: GPU sessions busy"
+                    if refusals == 0:
+                        log(f"{e}: the next GPU kernel goes when one of the {busy} running here ends")
+                    continue
+                except KaggleCallError as e:
+                    log(str(e))
+                    failed[k.name] = getattr(e, "cause", "") or str(e).split(": ", 1)[-1]
+                    todo.remove(k)
+                    rc = 1
+                    if e.code == 401:  # every further call would fail the same way
+                        return rc
+                    continue
                 todo.remove(k)
-                rc = 1
-                continue
-            processing = [f"{d} ({ready[d]})" for d in mine if ready[d] != "ready"]
-            if processing:
-                notes[k.name] = f"dataset {processing[0]} is not ready"
-                continue
-            if gpu_kernel(k) and (refused or busy >= cap):
-                notes[k.name] = f"GPU sessions busy ({busy} of {cap})" if not refused else "Kaggle: GPU sessions busy"
-                continue
-            try:
-                _push_one(api, plan, k, st, state, log, sleep)
-            except SlotBusy as e:
-                refused = True  # the account runs fewer than asked now (or others hold them): retry next poll
-                notes[k.name] = "Kaggle: GPU sessions busy"
-                if refusals == 0:
-                    log(f"{e}: the next GPU kernel goes when one of the {busy} running here ends")
-                continue
-            except KaggleCallError as e:
-                log(str(e))
-                failed[k.name] = getattr(e, "cause", "") or str(e).split(": ", 1)[-1]
-                todo.remove(k)
-                rc = 1
-                if e.code == 401:  # every further call would fail the same way
-                    return rc
-                continue
-            todo.remove(k)
-            notes.pop(k.name, None)
-            progress = True
-            busy += gpu_kernel(k)
+                notes.pop(k.name, None)
+                progress = True
+        busy = _holding(state)
         refusals = refusals + 1 if refused and not busy else 0  # none of ours runs: others hold the sessions
         live.show(*status_table(state, names, notes={k.name: notes.get(k.name, "") for k in todo},
                                 failed=failed))
-        running = [n for n in names if state["kernels"].get(n, {}).get("status") in ACTIVE]
+        running = [n for n in names if n in state["kernels"] and states_now(state, n).holds_session]
         if not todo and (not wait or not running):
             break
         if not wait:
@@ -235,13 +224,13 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
                     "`push --wait` / `kaggle run` to keep going")
             break
         sleep(min(st.poll_interval * 2 ** max(0, refusals - 1), 1800.0))  # backs off while others hold them
-    if wait and any(state["kernels"].get(n, {}).get("status") in TERMINAL[1:] for n in names):
+    if wait and any(states_now(state, n).bad for n in names if n in state["kernels"]):
         rc = 1
     return rc
 
 
 def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool = False, api=None,
-         log=print, sleep=time.sleep, out=None) -> int:
+         log=print, sleep=time.sleep, out=None, force_running: bool = False) -> int:
     """Build and push a kernel per run, at most kaggle.max_gpu_sessions GPU kernels at once; a run that reads
     others goes once they are COMPLETE (`wait`: keep polling and pushing until every kernel has ended). A run
     already pushed with the same content and source versions is skipped unless `force`. Returns exit code."""
@@ -250,10 +239,10 @@ def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool
     state = load_state(plan)
     online, why = internet_on(st)
     if dry_run:
-        user = st.username or offline_username()
+        user = st.username or owner_username()
         if not user:
             raise RoadtopError(f"push --dry-run needs the owner: set kaggle.username in {plan.source}, "
-                               "KAGGLE_USERNAME, or ~/.kaggle/kaggle.json")
+                               "KAGGLE_USERNAME, ~/.kaggle/kaggle.json or ~/.kaggle/access_token")
         built = build_kernels(plan, jobs, user, st, state, log=log)
         log(f"kaggle: internet {'on' if online else 'off'} ({why})")
         for k in built:
@@ -262,17 +251,37 @@ def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool
     api = api or connect()
     user = st.username or api_username(api)
     kernels = build_kernels(plan, jobs, user, st, state, log=log)
+    _refuse_running_repush(api, plan, kernels, st, state, force, force_running, log, sleep)
     log(f"kaggle: internet {'on' if online else 'off'} ({why}); at most {st.max_gpu_sessions} GPU kernels at once")
     live = _Live(out or sys.stdout)
     return _schedule(api, plan, kernels, st, state, force, wait, user, live.below(log), sleep, live)
 
 
+def _refuse_running_repush(api, plan, kernels, st, state, force, force_running, log, sleep):
+    """Refuse (one line) to push a new version of a kernel whose recorded version is queued or running: Kaggle
+    does not stop the old one (Kaggle/kaggle-cli#388), so both sessions are billed; `force_running` goes ahead."""
+    again = [k.name for k in kernels if k.name in state["kernels"] and (force or not _up_to_date(k, state))]
+    live = running_repushes(again, state)
+    if live:
+        refresh(api, plan, live, st=st, state=state, log=log, sleep=sleep)
+        live = running_repushes(live, state)
+    for n in live:
+        rec = state["kernels"][n]
+        if not force_running:
+            raise RoadtopError(f"{n}: {rec['ref']} v{rec['version']} is {rec['status']} on Kaggle: a new version "
+                               "would not stop it and both sessions would be billed (Kaggle/kaggle-cli#388); wait "
+                               "until it ends (pipeline.py kaggle status), or push with --force-running")
+        log(f"{n}: --force-running: pushing a new version while v{rec['version']} is {rec['status']}: Kaggle "
+            "bills both sessions until that one ends")
+
+
 def run(plan, runs=None, force: bool = False, submit_it: bool = False, message=None, api=None, log=print,
-        sleep=time.sleep, out=None) -> int:
+        sleep=time.sleep, out=None, force_running: bool = False) -> int:
     """The whole plan on Kaggle: push under the session cap until every kernel has ended, collect the outputs,
     then (`submit_it`) submit the ensemble. Interrupted, it resumes from kernels.json without re-pushing."""
     api = api or connect()
-    rc = push(plan, runs, force=force, wait=True, api=api, log=log, sleep=sleep, out=out)
+    rc = push(plan, runs, force=force, wait=True, api=api, log=log, sleep=sleep, out=out,
+              force_running=force_running)
     if rc:
         log("kaggle run: some kernels failed (table above): fix them and rerun `pipeline.py kaggle run`")
         return rc
@@ -280,6 +289,12 @@ def run(plan, runs=None, force: bool = False, submit_it: bool = False, message=N
     if rc or not submit_it:
         return rc
     return submit(plan, message, api=api, log=log, sleep=sleep)
+
+
+def _versioned(rec: dict) -> str:
+    """owner/slug/version of the recorded version: the 2.2.5 client's kernels_status and kernels_output take it
+    (parse_kernel_string) and ask for that version (version_label "v<N>"), not the latest one."""
+    return f"{rec['ref']}/{rec['version']}" if rec.get("version") else rec["ref"]
 
 
 def refresh(api, plan, names, st=None, state=None, log=print, sleep=time.sleep) -> dict:
@@ -297,12 +312,12 @@ def refresh(api, plan, names, st=None, state=None, log=print, sleep=time.sleep) 
             continue
         hint = {403: f"{rec['ref']} must belong to the account of these credentials",
                 404: f"push it first (pipeline.py kaggle push --runs {n})"}
-        resp = call_kaggle(api.kernels_status, rec["ref"], run=n, what=f"status of {rec['ref']}", st=st,
-                           log=log, sleep=sleep, hint=hint)
-        s = getattr(resp.status, "name", str(resp.status or "UNKNOWN")).upper()
+        resp = call_kaggle(api.kernels_status, _versioned(rec), run=n, what=f"status of {rec['ref']}",
+                           st=st, log=log, sleep=sleep, hint=hint)
+        s = state_of(resp.status).value
         if s == "RUNNING" and rec.get("status") != "RUNNING":
             rec["running_since"] = _now()
-        rec.update(status=s, failure=resp.failure_message or "", checked_at=_now())
+        rec.update(status=s, failure=resp.failure_message or state_of(s).why, checked_at=_now())
         out[n] = (s, rec["failure"])
     save_state(plan, state)
     return out
@@ -350,8 +365,12 @@ def _phase(state: dict, n: str, notes: dict, failed: dict) -> tuple:
         return "running", _elapsed(r.get("running_since") or r.get("pushed_at")) + extra
     if s in ("ERROR", "FAILED"):
         return s.lower(), (r.get("failure") or "no message") + extra
-    if s.startswith("CANCEL"):
-        return "cancelled", extra.lstrip("; ")
+    if s == "CANCEL_ACKNOWLEDGED":
+        return "cancelled", (r.get("failure") or "cancelled on Kaggle") + extra
+    if s == "CANCEL_REQUESTED":
+        return "cancelling", "still holds its session" + extra
+    if s == "NEW_SCRIPT":
+        return "queued", "new version" + extra
     return s.lower(), extra.lstrip("; ")
 
 
@@ -412,16 +431,16 @@ def status(plan, runs=None, once: bool = False, interval=None, api=None, out=Non
         now = refresh(api, plan, names, st=st, state=state, log=log, sleep=sleep)
         live.show(*status_table(state, names))
         for n, (s, msg) in now.items():
-            if s in TERMINAL[1:] and n not in reported:
+            if state_of(s).bad and n not in reported:
                 reported.add(n)
                 log(f"{n}: kernel {state['kernels'][n]['ref']} ended in {s}: {msg or 'no message'} "
                     f"(`pipeline.py kaggle collect --runs {n}` downloads its log)")
-        if once or all(s in TERMINAL for s, _ in now.values()):
+        if once or all(state_of(s).ended for s, _ in now.values()):
             for n in names:
                 if stale_sources(state, n):
                     log(f"{n}: stale: {', '.join(stale_sources(state, n))} was pushed anew since; "
                         "`pipeline.py kaggle push` (or `kaggle run`) pushes it again")
-            return 1 if any(s in TERMINAL[1:] for s, _ in now.values()) else 0
+            return 1 if any(state_of(s).bad for s, _ in now.values()) else 0
         sleep(interval or st.poll_interval)
 
 
@@ -452,7 +471,7 @@ def _download(api, n, rec, st, log, sleep) -> Path:
     folder = Path(rec["folder"])
     tmp, old, dest = folder / ".output.partial", folder / ".output.old", folder / "output"
     shutil.rmtree(tmp, ignore_errors=True)
-    call_kaggle(api.kernels_output, rec["ref"], str(tmp), force=True, quiet=True, run=n,
+    call_kaggle(api.kernels_output, _versioned(rec), str(tmp), force=True, quiet=True, run=n,
                 what=f"download of {rec['ref']} output", st=st, log=log, sleep=sleep)
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
@@ -476,8 +495,9 @@ def collect(plan, runs=None, replace: bool = False, api=None, log=print, sleep=t
         rec = state["kernels"][n]
         try:
             s, msg = refresh(api, plan, [n], st=st, state=state, log=log, sleep=sleep)[n]
-            if s not in ("COMPLETE", "ERROR"):
-                log(f"{n}: {rec['ref']} is {s}; collect it once it is COMPLETE (pipeline.py kaggle status)")
+            if not state_of(s).ended or s == "FAILED":
+                log(f"{n}: {rec['ref']} v{rec.get('version')} is {s}"
+                    + (f" ({msg})" if s == "FAILED" else "; collect it once it is COMPLETE (pipeline.py kaggle status)"))
                 rc = 1
                 continue
             dest = _download(api, n, rec, st, log, sleep)
@@ -487,9 +507,9 @@ def collect(plan, runs=None, replace: bool = False, api=None, log=print, sleep=t
             if e.code == 401:
                 return rc
             continue
-        if s == "ERROR":
-            log(f"{n}: {rec['ref']} ended in ERROR ({msg or 'no message'}); its log is in {dest}")
-            failed[n] = {"state": "failed", "cause": f"Kaggle kernel ERROR: {msg or 'no message'} (log: {dest})"}
+        if s != "COMPLETE":
+            log(f"{n}: {rec['ref']} ended in {s} ({msg or 'no message'}); its log is in {dest}")
+            failed[n] = {"state": "failed", "cause": f"Kaggle kernel {s}: {msg or 'no message'} (log: {dest})"}
             rc = 1
         elif n in jobs:
             _install(jobs[n], dest, rec, replace, log)

@@ -9,11 +9,21 @@ from ..dag.stages import STAGES
 from ..errors import RoadtopError
 from ..paddy import COMPETITION
 
-__all__ = ["MAX_GPU_SESSIONS", "WEEKLY_GPU_HOURS", "KaggleSettings", "internet_on", "kaggle_dir", "kernel_slug",
+__all__ = ["MAX_GPU_SESSIONS", "RETIRED_ACCELERATORS", "SESSION_HOURS", "WEEKLY_GPU_HOURS", "KaggleSettings", "internet_on", "kaggle_dir", "kernel_slug",
            "kernel_title", "settings", "slugify"]
 
 MAX_GPU_SESSIONS = 2  # batch GPU sessions an account runs at once ("Maximum batch GPU session count of 2 reached")
 WEEKLY_GPU_HOURS = 30.0  # Kaggle's weekly GPU quota per account (it floats around 30 h)
+# "A Kaggle notebook runs for at most 12 hours" (kaggle 2.2.5 KaggleApi._DEFAULT_WAIT_TIMEOUT, 12 * 60 * 60)
+SESSION_HOURS = 12.0
+# Machine shapes the server silently replaces, and with what (kaggle 2.2.5 _RETIRED_ACCELERATORS; lowercase keys)
+RETIRED_ACCELERATORS = {
+    "nvidiateslap100": "Sessions run on the default GPU (NvidiaTeslaT4) instead.",
+    "tpuv38": "Sessions run on the default TPU (TpuV5E8) instead.",
+    "tpu1vmv38": "Sessions run on the default TPU (TpuV5E8) instead.",
+    "tpuv232": "Sessions run on CPU instead, with no accelerator at all.",
+    "tpuv2256": "Sessions run on CPU instead, with no accelerator at all.",
+}
 
 
 @dataclass
@@ -30,7 +40,8 @@ class KaggleSettings:
     enable_gpu: bool = True  # GPU for the stages that want one (roadtop.dag.stages: gpu=True)
     accelerator: str = "NvidiaTeslaT4"  # Kaggle machine shape of GPU kernels (a T4 shows ~15 GiB); "": Kaggle's
     max_gpu_sessions: int = MAX_GPU_SESSIONS  # GPU kernels queued/running at once (Kaggle's cap per account)
-    weekly_gpu_hours: float = WEEKLY_GPU_HOURS  # Kaggle's weekly GPU quota; `pipeline.py plan` checks against it
+    weekly_gpu_hours: float = WEEKLY_GPU_HOURS  # the weekly GPU quota assumed when Kaggle cannot be asked
+    session_hours: float = SESSION_HOURS  # longest a kernel session runs; every GPU kernel is checked against it
     is_private: bool = True  # kernels are private
     weights_dataset: str = ""  # owner/slug of the pretrained weights dataset (pipeline.py kaggle weights)
     datasets: list = field(default_factory=list)  # extra owner/slug datasets attached to every kernel
@@ -61,6 +72,10 @@ def settings(plan) -> KaggleSettings:
     for ds in [st.weights_dataset, *st.datasets]:
         if ds and not re.fullmatch(r"[\w.-]+/[\w.-]+", ds):
             raise RoadtopError(f"{where}: dataset '{ds}' should be owner/slug, as in its URL")
+    retired = RETIRED_ACCELERATORS.get(st.accelerator.strip().lower())
+    if retired:
+        raise RoadtopError(f"{where}.accelerator={st.accelerator} is retired on Kaggle: {retired} Set "
+                           "kaggle.accelerator: NvidiaTeslaT4 (or another current machine shape)")
     if st.max_gpu_sessions < 1:
         raise RoadtopError(f"{where}.max_gpu_sessions={st.max_gpu_sessions} should be 1 or more")
     return st

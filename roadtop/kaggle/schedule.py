@@ -1,0 +1,123 @@
+"""The scheduler's decision, over data only: kernel states, and for each kernel still to send: push, wait (why) or
+fail (why). No HTTP here; roadtop.kaggle.flow asks Kaggle, calls `decide`, does what it says."""
+
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = ["Candidate", "Decision", "KernelState", "decide", "running_repushes", "state_of"]
+
+
+class KernelState(str, Enum):
+    """A kernel version's state: kagglesdk's KernelWorkerStatus (kernels_enums.py, 2.2.5) plus FAILED, ours."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    ERROR = "ERROR"
+    CANCEL_REQUESTED = "CANCEL_REQUESTED"  # asked to stop, still running: it still holds its GPU session
+    CANCEL_ACKNOWLEDGED = "CANCEL_ACKNOWLEDGED"  # stopped: ended, as a failure
+    NEW_SCRIPT = "NEW_SCRIPT"  # a version made, not yet queued: it waits like QUEUED
+    FAILED = "FAILED"  # ours: a version Kaggle took but that cannot do its job (it lost a source)
+
+    @property
+    def holds_session(self) -> bool:
+        """True while the version takes one of the account's sessions (queued, running, or being cancelled)."""
+        return self in (KernelState.NEW_SCRIPT, KernelState.QUEUED, KernelState.RUNNING,
+                        KernelState.CANCEL_REQUESTED)
+
+    @property
+    def ended(self) -> bool:
+        """True once the version will not change any more."""
+        return not self.holds_session
+
+    @property
+    def bad(self) -> bool:
+        """True for a version that ended without its outputs."""
+        return self in (KernelState.ERROR, KernelState.CANCEL_ACKNOWLEDGED, KernelState.FAILED)
+
+    @property
+    def why(self) -> str:
+        """What the state means, for a failure line ('' when nothing to add)."""
+        return "cancelled on Kaggle" if self is KernelState.CANCEL_ACKNOWLEDGED else ""
+
+
+def state_of(text) -> KernelState:
+    """The KernelState named by `text` (a record's status, or the client's enum); an unknown name is taken as
+    QUEUED: it holds a session until Kaggle says otherwise."""
+    name = getattr(text, "name", str(text or "")).upper()
+    return KernelState.__members__.get(name, KernelState.QUEUED)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A kernel still to send: name, the runs it reads, GPU or not, its own datasets, up to date already."""
+
+    name: str
+    needs: tuple = ()
+    gpu: bool = False
+    datasets: tuple = ()
+    current: bool = False  # recorded with this content and these source versions, not ended badly
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one candidate: action 'push', 'wait', 'fail' or 'skip' (already there), why, the fix."""
+
+    action: str
+    why: str = ""
+    fix: str = "fix it, then `pipeline.py kaggle push` again"
+
+
+def _dataset_verdict(ds: str, status: str):
+    """Decision ('fail' | 'wait') for one of the kernel's own datasets by its Kaggle status; None when ready."""
+    make = f"`pipeline.py kaggle weights FOLDER --dataset {ds}`"
+    if status == "missing":
+        return Decision("fail", f"dataset {ds} does not exist on Kaggle", f"create it with {make}")
+    if status in ("failed", "deleted"):  # kagglesdk DatabundleVersionStatus FAILED / DELETED: it never gets ready
+        return Decision("fail", f"dataset {ds} is {status.upper()} on Kaggle", f"upload it again with {make}")
+    if status != "ready":
+        return Decision("wait", f"dataset {ds} ({status}) is not ready")
+    return None
+
+
+def decide(todo: list, states: dict, datasets: dict, busy: int, cap: int, failed=(), force=False) -> dict:
+    """name -> Decision for each Candidate in `todo`, in order: a kernel fails when a run it reads failed or
+    ended badly, or its dataset is missing/FAILED/DELETED; waits for the runs it reads (until COMPLETE), for its
+    datasets, for a free GPU session (`busy` of `cap` taken, counting the pushes decided here); is skipped when
+    already up to date (unless `force`); else is pushed. `states`: run -> KernelState; `datasets`: own dataset
+    -> Kaggle status (lowercase, 'missing' when it does not exist)."""
+    out, queued, failed = {}, {c.name for c in todo}, set(failed)
+    for c in todo:
+        broken = [n for n in c.needs if n in failed or (n not in queued and n in states and states[n].bad)]
+        if broken:
+            n = broken[0]
+            why = "could not be pushed" if n in failed else f"ended in {states[n].value} on Kaggle"
+            out[c.name] = Decision("fail", f"{n} {why}")
+            failed.add(c.name)
+            continue
+        pending = [n for n in c.needs if n in queued or states.get(n) is not KernelState.COMPLETE]
+        if pending:
+            out[c.name] = Decision("wait", f"needs {', '.join(pending)}")
+            continue
+        if c.current and not force:
+            out[c.name] = Decision("skip", "already pushed with these parameters and sources")
+            continue
+        verdicts = [v for v in (_dataset_verdict(d, datasets.get(d, "ready")) for d in c.datasets) if v]
+        bad = [v for v in verdicts if v.action == "fail"] or verdicts
+        if bad:
+            out[c.name] = bad[0]
+            if bad[0].action == "fail":
+                failed.add(c.name)
+            continue
+        if c.gpu and busy >= cap:
+            out[c.name] = Decision("wait", f"GPU sessions busy ({busy} of {cap})")
+            continue
+        out[c.name] = Decision("push")
+        busy += c.gpu
+    return out
+
+
+def running_repushes(names, state: dict) -> list:
+    """The runs of `names` whose recorded version still holds a session: a new version would not stop it
+    (Kaggle/kaggle-cli#388), so both would be billed."""
+    return [n for n in names if n in state["kernels"] and state_of(state["kernels"][n].get("status")).holds_session]

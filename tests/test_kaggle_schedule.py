@@ -1,0 +1,58 @@
+"""The scheduler's decision over data (roadtop.kaggle.schedule): states, and push / wait / fail, with no HTTP."""
+
+from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
+
+from roadtop.kaggle.schedule import Candidate, Decision, KernelState, decide, running_repushes, state_of
+
+S = KernelState
+
+
+def test_every_kaggle_worker_status_has_a_state_and_only_the_running_ones_hold_a_session():
+    assert {s.name for s in KernelWorkerStatus} <= set(KernelState.__members__)
+    assert {s for s in S if s.holds_session} == {S.NEW_SCRIPT, S.QUEUED, S.RUNNING, S.CANCEL_REQUESTED}
+    assert {s for s in S if s.bad} == {S.ERROR, S.CANCEL_ACKNOWLEDGED, S.FAILED}
+    assert state_of(KernelWorkerStatus.NEW_SCRIPT) is S.NEW_SCRIPT and state_of("running") is S.RUNNING
+    assert S.CANCEL_ACKNOWLEDGED.why == "cancelled on Kaggle"
+
+
+def test_gpu_kernels_wait_for_a_free_session_counting_the_pushes_it_decides():
+    todo = [Candidate(f"train/{i}", gpu=True) for i in range(3)] + [Candidate("collab")]
+    d = decide(todo, {}, {}, busy=1, cap=2)
+    assert d["train/0"] == Decision("push")
+    assert d["train/1"].action == d["train/2"].action == "wait" and d["train/1"].why == "GPU sessions busy (2 of 2)"
+    assert d["collab"].action == "push"  # a CPU kernel takes no GPU session
+
+
+def test_a_kernel_waits_for_its_sources_until_complete_and_fails_when_one_ended_badly():
+    ens = Candidate("ensemble", needs=("train/a", "train/b"))
+    for st in (S.QUEUED, S.NEW_SCRIPT, S.RUNNING, S.CANCEL_REQUESTED):
+        d = decide([ens], {"train/a": S.COMPLETE, "train/b": st}, {}, 0, 2)["ensemble"]
+        assert d == Decision("wait", "needs train/b"), st
+    d = decide([ens], {"train/a": S.COMPLETE, "train/b": S.CANCEL_ACKNOWLEDGED}, {}, 0, 2)["ensemble"]
+    assert d.action == "fail" and d.why == "train/b ended in CANCEL_ACKNOWLEDGED on Kaggle"
+    assert decide([ens], {"train/a": S.COMPLETE, "train/b": S.COMPLETE}, {}, 0, 2)["ensemble"].action == "push"
+    d = decide([Candidate("train/b", gpu=True), ens], {"train/a": S.COMPLETE}, {}, 0, 2, failed={"train/b"})
+    assert d["ensemble"] == Decision("fail", "train/b could not be pushed")
+
+
+def test_a_dataset_that_failed_or_was_deleted_fails_at_once_one_still_processing_waits():
+    c = Candidate("train/a", gpu=True, datasets=("me/w",))
+    for status in ("failed", "deleted"):
+        d = decide([c], {}, {"me/w": status}, 0, 2)["train/a"]
+        assert d.action == "fail" and d.why == f"dataset me/w is {status.upper()} on Kaggle"
+        assert d.fix == "upload it again with `pipeline.py kaggle weights FOLDER --dataset me/w`"
+    assert decide([c], {}, {"me/w": "blobs_received"}, 0, 2)["train/a"].action == "wait"
+    assert decide([c], {}, {"me/w": "missing"}, 0, 2)["train/a"].why == "dataset me/w does not exist on Kaggle"
+    assert decide([c], {}, {"me/w": "ready"}, 0, 2)["train/a"].action == "push"
+
+
+def test_an_up_to_date_kernel_is_skipped_unless_forced():
+    c = Candidate("train/a", gpu=True, current=True)
+    assert decide([c], {}, {}, 0, 2)["train/a"].action == "skip"
+    assert decide([c], {}, {}, 0, 2, force=True)["train/a"].action == "push"
+
+
+def test_a_kernel_whose_version_holds_a_session_is_a_running_repush():
+    state = {"kernels": {"a": {"status": "RUNNING"}, "b": {"status": "CANCEL_REQUESTED"},
+                         "c": {"status": "COMPLETE"}, "d": {"status": "NEW_SCRIPT"}}}
+    assert running_repushes(["a", "b", "c", "d", "e"], state) == ["a", "b", "d"]
