@@ -72,6 +72,9 @@ class FakeKaggle:
       and hold a session (Kaggle/kaggle-cli#388);
     - KernelWorkerStatus also has NEW_SCRIPT, CANCEL_REQUESTED (still running) and CANCEL_ACKNOWLEDGED (kagglesdk
       kernels_enums.py), scriptable with `set_statuses`.
+    - GetAcceleratorQuotaStatistics (the client's quota_view) answers the weekly GPU quota: gpuQuota.timeUsed and
+      totalTimeAllowed as "<seconds>s" durations and quotaRefreshTime (kagglesdk ApiAcceleratorQuota and
+      ApiGetAcceleratorQuotaStatisticsResponse); used time grows with the GPU sessions' time on the fake clock.
     With `use_clock()`, a kernel is QUEUED, then RUNNING for its run time, then COMPLETE, on a fake clock that the
     tests advance through the code's sleep hook (`tick`), so hours of Kaggle pass in no time.
     """
@@ -97,6 +100,8 @@ class FakeKaggle:
         self.version_outputs = {}  # (ref, version) -> file name -> bytes of an older version (else outputs[ref])
         self.meta = {}  # ref -> SaveKernel payload of its latest version
         self.max_gpu_active = 0
+        self.quota_total_h, self.quota_used_h = 30.0, 0.0  # the weekly GPU quota (quota_view)
+        self.quota_refresh = "2026-12-05T00:00:00Z"
         self.status_versions = []  # (ref, versionLabel) of every GetKernelSessionStatus
         self.refused = []  # slugs refused by the session cap, in order
         self.pushes = []  # (fake time, ref, version) of every version made
@@ -319,6 +324,13 @@ class FakeKaggle:
 
     def _rpc_CreateSubmission(self, p):
         return 200, {"message": "Successfully submitted to Paddy Doctor", "ref": 4343}
+
+    def _rpc_GetAcceleratorQuotaStatistics(self, p):
+        with self._lock:
+            used = self.quota_used_h * 3600 + sum(max(0.0, min(self.clock, end) - start)
+                                                  for start, end, gpu in self.version_sessions.values() if gpu)
+        return 200, {"quotaRefreshTime": self.quota_refresh,
+                     "gpuQuota": {"timeUsed": f"{used:.3f}s", "totalTimeAllowed": f"{self.quota_total_h * 3600:.0f}s"}}
 
     def _rpc_GetDatasetStatus(self, p):
         ref = f"{p.get('ownerSlug')}/{p.get('datasetSlug')}"

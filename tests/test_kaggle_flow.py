@@ -357,9 +357,12 @@ def _probed(plan, s_per_img):
     probe.save_probe(pj.out_dir, res)
 
 
-def test_plan_checks_the_weekly_gpu_quota_and_prints_the_fan_out_wall_clock(tmp_path):
-    """The real plan: 9 GPU kernels, each in a Kaggle session of its own: the 9 h limit is per run, the weekly
-    quota for the total."""
+def test_plan_checks_the_weekly_gpu_quota_and_prints_the_fan_out_wall_clock(tmp_path, monkeypatch):
+    """The real plan: 9 GPU kernels, each in a Kaggle session of its own: the session limit is per run, the weekly
+    quota (kaggle.weekly_gpu_hours without credentials) for the total."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
     plan = _real_plan(tmp_path)
     _probed(plan, 0.1)
     lines = []
@@ -373,18 +376,21 @@ def test_plan_checks_the_weekly_gpu_quota_and_prints_the_fan_out_wall_clock(tmp_
     assert any(ln.startswith("kaggle: internet on (file competition: timm fetches pretrained weights from its hub")
                for ln in lines)
     (fan,) = [ln for ln in lines if ln.startswith("kaggle: 9 GPU kernels")]
-    gpu_h, wall_h = re.fullmatch(r"kaggle: 9 GPU kernels, ([\d.]+) GPU h of weekly_gpu_hours 30; ([\d.]+) h wall "
+    gpu_h, wall_h = re.fullmatch(r"kaggle: 9 GPU kernels, ([\d.]+) GPU h; ([\d.]+) h wall "
                                  r"clock at 2 at once \(max_gpu_sessions\), then the ensemble", fan).groups()
+    assert "kaggle: weekly GPU quota 30.00 h left of 30 (kaggle.weekly_gpu_hours, no credentials to ask; " \
+           "refreshes unknown)" in lines
     assert float(gpu_h) == round(total / 3600, 2)
     assert total / 2 / 3600 - 0.01 <= float(wall_h) <= (total / 2 + longest) / 3600
     _probed(plan, 0.15)  # ~40 GPU hours: more than a week's quota
-    with pytest.raises(RoadtopError, match=r"GPU h > kaggle.weekly_gpu_hours 30 \(split the plan over two weeks"):
+    with pytest.raises(RoadtopError, match=r"the GPU kernels need est. [\d.]+ GPU h, the weekly GPU quota has 30.00 h "
+                       r"left \(of 30 h; it refreshes unknown\)"):
         budget.check_plan(plan, log=lambda s: None, checks=[kaggle_budget])
     plan.kaggle["max_gpu_sessions"] = 1
     plan.kaggle["weekly_gpu_hours"] = 50
     lines.clear()
     assert budget.check_plan(plan, override=True, log=lines.append, checks=[kaggle_budget]) == 0
-    assert "weekly_gpu_hours" not in lines[-1]
+    assert lines[-1] == "within budget: OK"  # 40 GPU h of 50
     (fan,) = [ln for ln in lines if ln.startswith("kaggle: 9 GPU kernels")]
     assert fan.endswith("h wall clock at 1 at once (max_gpu_sessions), then the ensemble")
     assert f"{budget.plan_rows(plan)[0][-1]['cumulative'] / 3600 - 60 / 3600:.2f} h wall clock" in fan
@@ -517,3 +523,52 @@ def test_dry_run_finds_the_owner_from_an_access_token_file(plan, fake, monkeypat
     assert flow.push(plan, dry_run=True, log=lines.append) == 0
     meta = json.loads((settings.kaggle_dir(plan) / "roadtop-kdemo-ensemble" / "kernel-metadata.json").read_text())
     assert meta["id"] == f"{USER}/roadtop-kdemo-ensemble" and fake.calls("SaveKernel") == []
+
+
+# ---- the real weekly GPU quota (quota_view) ------------------------------------------------------------------
+@pytest.mark.parametrize("left_h", [10, 40])
+def test_kaggle_run_reads_the_quota_left_and_refuses_a_plan_that_does_not_fit(fake, tmp_path, left_h):
+    """The real plan, probed at 0.1 s an image (~27 GPU h): with 10 h left `kaggle run` is refused before any
+    push, naming hours needed, hours left and the refresh; with 40 h left it runs."""
+    plan = _real_plan(tmp_path)
+    _probed(plan, 0.1)
+    fake.quota_total_h, fake.quota_used_h = 40.0 if left_h == 40 else 30.0, 0.0 if left_h == 40 else 20.0
+    fake.use_clock(run_s=3600, queue_s=60)
+    fake.outputs[_pref("ensemble")]["submission.csv"] = b"image_id,label\n200001.jpg,blast\n"
+    needed = sum(budget_secs for budget_secs in kaggle_budget_secs(plan)) / 3600
+    lines = []
+    if left_h == 10:
+        with pytest.raises(RoadtopError) as e:
+            flow.run(plan, submit_it=True, log=lines.append, sleep=Sleeps(), out=io.StringIO())
+        assert str(e.value) == (f"kaggle push refused: the GPU kernels need est. {needed:.2f} GPU h, the weekly GPU "
+                                "quota has 10.00 h left (of 30 h; it refreshes 2026-12-05 00:00 UTC); push fewer "
+                                "runs (--runs), wait for the refresh, or --override")
+        assert fake.calls("SaveKernel") == [] and len(fake.calls("GetAcceleratorQuotaStatistics")) == 1
+        return
+    assert flow.run(plan, submit_it=True, log=lines.append, sleep=Sleeps(), out=io.StringIO()) == 0
+    assert f"kaggle: the GPU kernels need est. {needed:.2f} GPU h of the 40.00 h left this week" in lines
+    assert len(fake.calls("CreateSubmission")) == 1
+
+
+def kaggle_budget_secs(plan):
+    """The probe's estimate of each GPU job of `plan` (seconds)."""
+    from roadtop.kaggle.budget import gpu_seconds
+
+    return list(gpu_seconds(plan).values())
+
+
+def test_the_cli_refuses_over_the_quota_with_exit_2_and_override_goes_ahead(fake, tmp_path, capsys):
+    plan = _real_plan(tmp_path)
+    _probed(plan, 0.1)
+    fake.quota_used_h = 20.0
+    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "pipeline.py")
+    pipeline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipeline)
+    assert pipeline.main(["kaggle", "push", "--params", str(plan.source)]) == 2
+    assert "error: kaggle push refused: the GPU kernels need est." in capsys.readouterr().err
+    assert fake.calls("SaveKernel") == []
+    assert pipeline.main(["kaggle", "push", "--params", str(plan.source), "--override"]) == 0
+    assert len(fake.calls("SaveKernel")) == 2 and "going on (--override)" in capsys.readouterr().out
+    assert pipeline.main(["plan", "--params", str(plan.source), "--override"]) == 0
+    out = capsys.readouterr().out
+    assert "kaggle: weekly GPU quota 10.00 h left of 30 (Kaggle's quota_view; refreshes 2026-12-05 00:00 UTC)" in out

@@ -11,6 +11,7 @@ from .settings import settings
 
 __all__ = ["add_subcommands"]
 
+OVERRIDE = "push even when the probe's estimate exceeds the weekly GPU quota left (Kaggle's quota_view)"
 FORCE_RUNNING = ("push a new version of a kernel even while its last one is queued or running (Kaggle does not "
                  "stop that one: both sessions are billed)")
 
@@ -26,15 +27,15 @@ def _cmd_push(args) -> int:
         if not args.wait:
             raise RoadtopError("push --submit needs --wait (or use `pipeline.py kaggle run --submit`)")
         return run(_plan(args), args.runs, force=args.force, submit_it=True, message=args.message,
-                   force_running=args.force_running)
+                   force_running=args.force_running, override=args.override)
     return push(_plan(args), args.runs, force=args.force, wait=args.wait, dry_run=args.dry_run,
-                force_running=args.force_running)
+                force_running=args.force_running, override=args.override)
 
 
 def _cmd_run(args) -> int:
     """`kaggle run`: the whole plan."""
     return run(_plan(args), args.runs, force=args.force, submit_it=args.submit, message=args.message,
-               force_running=args.force_running)
+               force_running=args.force_running, override=args.override)
 
 
 def _cmd_status(args) -> int:
@@ -79,6 +80,7 @@ def add_subcommands(parser):
                        "until all end, collect, (--submit) submit; rerun to resume")
     p.add_argument("--force", action="store_true", help="push new versions even if nothing changed")
     p.add_argument("--force-running", action="store_true", help=FORCE_RUNNING)
+    p.add_argument("--override", action="store_true", help=OVERRIDE)
     p.add_argument("--submit", action="store_true", help="submit the ensemble once everything is COMPLETE")
     p.add_argument("--message", "-m", help="submission description")
     p.set_defaults(func=_cmd_run)
@@ -87,6 +89,7 @@ def add_subcommands(parser):
                        "kaggle.max_gpu_sessions GPU kernels at once")
     p.add_argument("--force", action="store_true", help="push a new version even if nothing changed")
     p.add_argument("--force-running", action="store_true", help=FORCE_RUNNING)
+    p.add_argument("--override", action="store_true", help=OVERRIDE)
     p.add_argument("--wait", action="store_true", help="keep polling and pushing (free GPU sessions, runs "
                    "whose sources COMPLETE) until every kernel has ended")
     p.add_argument("--submit", action="store_true", help="with --wait: collect, then submit the ensemble")

@@ -6,6 +6,8 @@ import os
 import sys
 import time
 from contextlib import redirect_stdout
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
@@ -19,8 +21,8 @@ from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 from ..errors import RoadtopError
 from .settings import KaggleSettings
 
-__all__ = ["KaggleCallError", "api_username", "call_kaggle", "connect", "kernel_version", "offline_username",
-           "owner_username"]
+__all__ = ["KaggleCallError", "Quota", "api_username", "call_kaggle", "connect", "gpu_quota", "kernel_version",
+           "offline_username", "owner_username"]
 
 NO_CREDENTIALS = ("no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_KEY, put kaggle.json in ~/.kaggle/ "
                   "(chmod 600), or set KAGGLE_API_TOKEN (kaggle.com > Settings > API)")
@@ -106,6 +108,35 @@ def kernel_version(api, ref: str):
             return None
         raise
     return getattr(resp.metadata, "current_version_number", None) if resp.metadata else None
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The account's weekly GPU quota as Kaggle reports it: hours left, hours a week, when it refreshes."""
+
+    left_h: float
+    total_h: float
+    refresh: datetime | None = None
+
+    def refresh_text(self) -> str:
+        """When the quota refreshes, as 'YYYY-MM-DD HH:MM UTC' (or 'unknown')."""
+        return self.refresh.strftime("%Y-%m-%d %H:%M UTC") if self.refresh else "unknown"
+
+
+def gpu_quota(api, st=None, log=print, sleep=time.sleep) -> Quota | None:
+    """The weekly GPU quota left (the client's quota_view, GetAcceleratorQuotaStatistics), None when Kaggle
+    reports none."""
+    resp = call_kaggle(api.quota_view, run="kaggle", what="reading the weekly GPU quota", st=st, log=log,
+                       sleep=sleep)
+    q = getattr(resp, "gpu_quota", None)
+    if q is None or q.total_time_allowed is None:
+        return None
+    used = q.time_used.total_seconds() / 3600 if q.time_used is not None else 0.0
+    total = q.total_time_allowed.total_seconds() / 3600
+    refresh = resp.quota_refresh_time
+    if refresh is not None and refresh.utcoffset() is None:  # the SDK's UTC times carry no zone (as quota_view_cli)
+        refresh = refresh.replace(tzinfo=timezone.utc)
+    return Quota(max(0.0, total - used), total, refresh)
 
 
 def _http_error(e):

@@ -14,7 +14,8 @@ from ..dag.report import write_report
 from ..dag.stages import stage
 from ..errors import RoadtopError
 from ..paths import KAGGLE_WORKING, atomic_write
-from .client import KaggleCallError, api_username, call_kaggle, connect, kernel_version, owner_username
+from .budget import gpu_seconds, quota_problem
+from .client import KaggleCallError, gpu_quota, api_username, call_kaggle, connect, kernel_version, owner_username
 from .kernels import Kernel, build_kernels, fingerprint, gpu_kernel, kaggle_out, select_jobs
 from .record import load_state, save_state
 from .schedule import Candidate, KernelState, decide, running_repushes, state_of
@@ -230,7 +231,7 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
 
 
 def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool = False, api=None,
-         log=print, sleep=time.sleep, out=None, force_running: bool = False) -> int:
+         log=print, sleep=time.sleep, out=None, force_running: bool = False, override: bool = False) -> int:
     """Build and push a kernel per run, at most kaggle.max_gpu_sessions GPU kernels at once; a run that reads
     others goes once they are COMPLETE (`wait`: keep polling and pushing until every kernel has ended). A run
     already pushed with the same content and source versions is skipped unless `force`. Returns exit code."""
@@ -252,6 +253,8 @@ def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool
     user = st.username or api_username(api)
     kernels = build_kernels(plan, jobs, user, st, state, log=log)
     _refuse_running_repush(api, plan, kernels, st, state, force, force_running, log, sleep)
+    _check_quota(api, plan, [k for k in kernels if gpu_kernel(k) and (force or not _up_to_date(k, state))], st,
+                 override, log, sleep)
     log(f"kaggle: internet {'on' if online else 'off'} ({why}); at most {st.max_gpu_sessions} GPU kernels at once")
     live = _Live(out or sys.stdout)
     return _schedule(api, plan, kernels, st, state, force, wait, user, live.below(log), sleep, live)
@@ -275,13 +278,37 @@ def _refuse_running_repush(api, plan, kernels, st, state, force, force_running, 
             "bills both sessions until that one ends")
 
 
+def _check_quota(api, plan, kernels: list, st, override: bool, log, sleep):
+    """Refuse (one line) to push GPU `kernels` whose estimated hours (the probe's) exceed the weekly GPU quota
+    left (quota_view): hours needed, hours left, refresh time; `override` goes ahead."""
+    if not kernels:
+        return
+    quota = gpu_quota(api, st, log=log, sleep=sleep)
+    if quota is None:
+        log("kaggle: Kaggle reports no weekly GPU quota for this account; not checked")
+        return
+    secs = gpu_seconds(plan)
+    unknown = [k.name for k in kernels if not secs.get(k.name) or secs[k.name] != secs[k.name]]
+    if unknown:
+        log(f"kaggle: weekly GPU quota {quota.left_h:.2f} h left (refreshes {quota.refresh_text()}); no probe "
+            f"estimate for {', '.join(unknown)}: not checked (`pipeline.py run --only probe`, then `plan`)")
+        return
+    needed = sum(secs[k.name] for k in kernels) / 3600
+    problem = quota_problem(needed, quota)
+    if problem and not override:
+        raise RoadtopError(f"kaggle push refused: {problem}; push fewer runs (--runs), wait for the refresh, or "
+                           "--override")
+    log(f"kaggle: {problem}; going on (--override)" if problem else
+        f"kaggle: the GPU kernels need est. {needed:.2f} GPU h of the {quota.left_h:.2f} h left this week")
+
+
 def run(plan, runs=None, force: bool = False, submit_it: bool = False, message=None, api=None, log=print,
-        sleep=time.sleep, out=None, force_running: bool = False) -> int:
+        sleep=time.sleep, out=None, force_running: bool = False, override: bool = False) -> int:
     """The whole plan on Kaggle: push under the session cap until every kernel has ended, collect the outputs,
     then (`submit_it`) submit the ensemble. Interrupted, it resumes from kernels.json without re-pushing."""
     api = api or connect()
     rc = push(plan, runs, force=force, wait=True, api=api, log=log, sleep=sleep, out=out,
-              force_running=force_running)
+              force_running=force_running, override=override)
     if rc:
         log("kaggle run: some kernels failed (table above): fix them and rerun `pipeline.py kaggle run`")
         return rc
