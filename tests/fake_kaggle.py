@@ -72,6 +72,10 @@ class FakeKaggle:
       and hold a session (Kaggle/kaggle-cli#388);
     - KernelWorkerStatus also has NEW_SCRIPT, CANCEL_REQUESTED (still running) and CANCEL_ACKNOWLEDGED (kagglesdk
       kernels_enums.py), scriptable with `set_statuses`.
+    - GetKernel names the image a kernel runs on (ApiKernelMetadata.docker_image): the one SaveKernel asked
+      for (ApiSaveKernelRequest.docker_image: "one of the Kaggle-provided, known images ...
+      gcr.io/kaggle-images/python@sha256:..."), else the newest image at the time of the push (`latest_image`);
+      Kaggle/docker-python's releases move that image (78aaa43 pinned fastcore after a release broke fastai);
     - GetAcceleratorQuotaStatistics (the client's quota_view) answers the weekly GPU quota: gpuQuota.timeUsed and
       totalTimeAllowed as "<seconds>s" durations and quotaRefreshTime (kagglesdk ApiAcceleratorQuota and
       ApiGetAcceleratorQuotaStatisticsResponse); used time grows with the GPU sessions' time on the fake clock.
@@ -100,6 +104,8 @@ class FakeKaggle:
         self.version_outputs = {}  # (ref, version) -> file name -> bytes of an older version (else outputs[ref])
         self.meta = {}  # ref -> SaveKernel payload of its latest version
         self.max_gpu_active = 0
+        self.latest_image = "gcr.io/kaggle-gpu-images/python@sha256:" + "1" * 64
+        self.images = {}  # ref -> image of its latest version
         self.quota_total_h, self.quota_used_h = 30.0, 0.0  # the weekly GPU quota (quota_view)
         self.quota_refresh = "2026-12-05T00:00:00Z"
         self.status_versions = []  # (ref, versionLabel) of every GetKernelSessionStatus
@@ -259,6 +265,7 @@ class FakeKaggle:
             self.versions[ref] += 1
             v = self.versions[ref]
             self.meta[ref] = p
+            self.images[ref] = p.get("dockerImage") or self.latest_image
             self.pushes.append((self.clock, ref, v))
             if self.clocked:
                 end = self.clock + self.queue_s + self.run_s_of.get(ref, self.run_s)
@@ -277,7 +284,8 @@ class FakeKaggle:
         ref = self._kref(p)
         if ref not in self.versions:
             return 404, {"code": 404, "message": f"kernel {ref} not found"}
-        return 200, {"metadata": {"ref": ref, "slug": ref.split("/")[1], "currentVersionNumber": self.versions[ref]}}
+        return 200, {"metadata": {"ref": ref, "slug": ref.split("/")[1], "currentVersionNumber": self.versions[ref],
+                                  "dockerImage": self.images.get(ref, "")}}
 
     def _version(self, p, ref):
         """The version a request names by versionLabel ("v3"), else the latest; None for a bare number (404)."""

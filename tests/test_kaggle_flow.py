@@ -106,8 +106,9 @@ def test_status_polls_through_queued_running_to_complete_and_error(plan, fake):
     assert seen["convnext"] == ["queued", "running", "running", "complete"]
     assert seen["resnet"] == ["queued", "running", "error", "error"]
     assert sleeps == [3, 3, 3]
-    assert lines == [(f"train/resnet: kernel {ref('train/resnet')} ended in ERROR: Exceeded time limit "
-                      "(`pipeline.py kaggle collect --runs train/resnet` downloads its log)")]
+    assert lines[1:] == [(f"train/resnet: kernel {ref('train/resnet')} ended in ERROR: Exceeded time limit "
+                          "(`pipeline.py kaggle collect --runs train/resnet` downloads its log)")]
+    assert lines[0].startswith("kaggle: the kernels of kdemo run on gcr.io/kaggle-gpu-images/python@sha256:")
     assert record.load_state(plan)["kernels"]["train/resnet"]["failure"] == "Exceeded time limit"
 
 
@@ -572,3 +573,39 @@ def test_the_cli_refuses_over_the_quota_with_exit_2_and_override_goes_ahead(fake
     assert pipeline.main(["plan", "--params", str(plan.source), "--override"]) == 0
     out = capsys.readouterr().out
     assert "kaggle: weekly GPU quota 10.00 h left of 30 (Kaggle's quota_view; refreshes 2026-12-05 00:00 UTC)" in out
+
+
+# ---- one Docker image per sweep ----------------------------------------------------------------------------------
+def test_every_kernel_after_the_first_is_pinned_to_its_image(fake, tmp_path):
+    """Kaggle moves its newest image during the sweep: the first kernel's image (GetKernel) is recorded and every
+    later kernel of the plan is pushed pinned to it; `status` says which."""
+    plan = _real_plan(tmp_path)
+    first = fake.latest_image
+    fake.use_clock(run_s=3600, queue_s=60)
+
+    class NewImage(Sleeps):
+        def __call__(self, s):
+            super().__call__(s)
+            fake.latest_image = "gcr.io/kaggle-gpu-images/python@sha256:" + "2" * 64  # a docker-python release
+
+    lines = []
+    assert flow.push(plan, wait=True, log=lines.append, sleep=NewImage(), out=io.StringIO()) == 0
+    saves = fake.calls("SaveKernel")
+    assert len(saves) == 10 and "dockerImage" not in saves[0]
+    assert all(s["dockerImage"] == first and s["dockerImagePinningType"] == "original" for s in saves[1:])
+    assert set(fake.images.values()) == {first}
+    state = record.load_state(plan)
+    assert state["docker_image"] == first
+    assert any(ln.startswith(f"kaggle: {_pref(plan.jobs[1].name)} runs on {first}: every later kernel") for ln in lines)
+    flow.status(plan, once=True, out=io.StringIO(), log=lines.append, sleep=Sleeps())
+    assert f"kaggle: the kernels of paddy run on {first} (pinned after the first push)" in lines
+    # the hash of a kernel leaves the pin out: nothing is pushed again
+    assert flow.push(plan, log=lines.append, sleep=Sleeps(), out=io.StringIO()) == 0 and len(fake.calls("SaveKernel")) == 10
+
+
+def test_kaggle_docker_image_pins_every_kernel(plan, fake):
+    plan.kaggle["docker_image"] = "gcr.io/kaggle-gpu-images/python@sha256:" + "3" * 64
+    flow.push(plan, log=lambda s: None, sleep=Sleeps(), out=io.StringIO())
+    saves = fake.calls("SaveKernel")
+    assert len(saves) == 2 and {s["dockerImage"] for s in saves} == {plan.kaggle["docker_image"]}
+    assert record.load_state(plan)["docker_image"] == plan.kaggle["docker_image"]

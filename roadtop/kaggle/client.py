@@ -21,7 +21,7 @@ from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 from ..errors import RoadtopError
 from .settings import KaggleSettings
 
-__all__ = ["KaggleCallError", "Quota", "api_username", "call_kaggle", "connect", "gpu_quota", "kernel_version",
+__all__ = ["KaggleCallError", "Quota", "api_username", "call_kaggle", "connect", "gpu_quota", "kernel_image", "kernel_version",
            "offline_username", "owner_username"]
 
 NO_CREDENTIALS = ("no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_KEY, put kaggle.json in ~/.kaggle/ "
@@ -95,8 +95,8 @@ def api_username(api) -> str:
     return (getattr(api, "config_values", None) or {}).get("username", "")
 
 
-def kernel_version(api, ref: str):
-    """The current version number of kernel `ref` on Kaggle (GetKernel), None when it does not exist."""
+def _kernel_metadata(api, ref: str):
+    """Kaggle's metadata of kernel `ref` (GetKernel: ApiKernelMetadata), None when it does not exist."""
     owner, slug = ref.split("/", 1)
     req = ApiGetKernelRequest()
     req.user_name, req.kernel_slug = owner, slug
@@ -107,7 +107,19 @@ def kernel_version(api, ref: str):
         if e.response is not None and e.response.status_code == 404:
             return None
         raise
-    return getattr(resp.metadata, "current_version_number", None) if resp.metadata else None
+    return resp.metadata
+
+
+def kernel_version(api, ref: str):
+    """The current version number of kernel `ref` on Kaggle (GetKernel), None when it does not exist."""
+    meta = _kernel_metadata(api, ref)
+    return getattr(meta, "current_version_number", None) if meta else None
+
+
+def kernel_image(api, ref: str) -> str:
+    """The Docker image kernel `ref` runs on (GetKernel's docker_image), "" when Kaggle names none."""
+    meta = _kernel_metadata(api, ref)
+    return (getattr(meta, "docker_image", "") or "") if meta else ""
 
 
 @dataclass(frozen=True)

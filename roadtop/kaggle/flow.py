@@ -15,7 +15,7 @@ from ..dag.stages import stage
 from ..errors import RoadtopError
 from ..paths import KAGGLE_WORKING, atomic_write
 from .budget import gpu_seconds, quota_problem
-from .client import KaggleCallError, gpu_quota, api_username, call_kaggle, connect, kernel_version, owner_username
+from .client import KaggleCallError, gpu_quota, kernel_image, api_username, call_kaggle, connect, kernel_version, owner_username
 from .kernels import Kernel, build_kernels, fingerprint, gpu_kernel, kaggle_out, select_jobs
 from .record import load_state, save_state
 from .schedule import Candidate, KernelState, decide, running_repushes, state_of
@@ -81,6 +81,7 @@ def _push_one(api, plan, k: Kernel, st, state, log, sleep):
             "recorded it, not pushed again")
         return _saved(now, f"https://www.kaggle.com/code/{k.ref}")
 
+    _pin_image(k, st, state)
     resp = call_kaggle(api.kernels_push, str(k.folder), timeout=str(st.timeout) if st.timeout else None,
                        what=f"push of {k.ref}", hint=hint, recover=recover, **kw)
     why = getattr(resp, "error", "") if resp is not None else "no answer"
@@ -109,6 +110,26 @@ def _push_one(api, plan, k: Kernel, st, state, log, sleep):
     state["kernels"][k.name] = rec
     save_state(plan, state)
     log(f"{k.name}: pushed {k.ref} version {resp.version_number} ({resp.url})")
+    if not state.get("docker_image"):  # the sweep's first kernel: every later one runs on its image
+        image = st.docker_image or call_kaggle(kernel_image, api, k.ref, what=f"image of {k.ref}", **kw)
+        if image:
+            state["docker_image"] = image
+            save_state(plan, state)
+            log(f"kaggle: {k.ref} runs on {image}: every later kernel of {plan.name} is pinned to it")
+
+
+PINNING = "original"  # keep a version on the image it was saved with (kaggle 2.2.5 valid_push_pinning_types)
+
+
+def _pin_image(k: Kernel, st, state: dict):
+    """Write the sweep's image into `k`'s kernel-metadata.json (docker_image, docker_image_pinning_type): the
+    plan's kaggle.docker_image, else the image of its first kernel; left out of the kernel's hash."""
+    image = st.docker_image or state.get("docker_image", "")
+    if not image:
+        return
+    meta = {**k.meta, "docker_image": image, "docker_image_pinning_type": PINNING}
+    with atomic_write(k.folder / "kernel-metadata.json") as f:
+        json.dump(meta, f, indent=2)
 
 
 def _dataset_ready(api, ds: str, st, log, sleep) -> str:
@@ -454,6 +475,8 @@ def status(plan, runs=None, once: bool = False, interval=None, api=None, out=Non
     api = api or connect()
     live, reported = _Live(out or sys.stdout), set()
     log = live.below(log)
+    if state.get("docker_image"):
+        log(f"kaggle: the kernels of {plan.name} run on {state['docker_image']} (pinned after the first push)")
     while True:
         now = refresh(api, plan, names, st=st, state=state, log=log, sleep=sleep)
         live.show(*status_table(state, names))

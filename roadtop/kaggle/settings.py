@@ -42,6 +42,7 @@ class KaggleSettings:
     max_gpu_sessions: int = MAX_GPU_SESSIONS  # GPU kernels queued/running at once (Kaggle's cap per account)
     weekly_gpu_hours: float = WEEKLY_GPU_HOURS  # the weekly GPU quota assumed when Kaggle cannot be asked
     session_hours: float = SESSION_HOURS  # longest a kernel session runs; every GPU kernel is checked against it
+    docker_image: str = ""  # image every kernel runs on; "": the one Kaggle gives the first kernel, then pinned
     is_private: bool = True  # kernels are private
     weights_dataset: str = ""  # owner/slug of the pretrained weights dataset (pipeline.py kaggle weights)
     datasets: list = field(default_factory=list)  # extra owner/slug datasets attached to every kernel
