@@ -104,6 +104,7 @@ class FakeKaggle:
         self.version_outputs = {}  # (ref, version) -> file name -> bytes of an older version (else outputs[ref])
         self.meta = {}  # ref -> SaveKernel payload of its latest version
         self.max_gpu_active = 0
+        self.outputs_of = None  # (ref, SaveKernel payload) -> file name -> bytes: what the version will write
         self.latest_image = "gcr.io/kaggle-gpu-images/python@sha256:" + "1" * 64
         self.images = {}  # ref -> image of its latest version
         self.quota_total_h, self.quota_used_h = 30.0, 0.0  # the weekly GPU quota (quota_view)
@@ -266,6 +267,8 @@ class FakeKaggle:
             v = self.versions[ref]
             self.meta[ref] = p
             self.images[ref] = p.get("dockerImage") or self.latest_image
+            if self.outputs_of is not None:
+                self.outputs[ref] = self.outputs_of(ref, p)
             self.pushes.append((self.clock, ref, v))
             if self.clocked:
                 end = self.clock + self.queue_s + self.run_s_of.get(ref, self.run_s)
@@ -418,6 +421,7 @@ kaggle:
   retries: 2
   backoff: 0.5
   poll_interval: 7
+  gpus_per_session: 1
 """)
     return load_plan(p)
 

@@ -88,7 +88,8 @@ def test_pipeline_plan_cli_exits_nonzero_over_budget(tmp_path, tiny_data):
     _write_probe(load_plan(f), {"res": [T(1, peak=12.0, s=0.3)], "cnx": [T(1, peak=10.0, s=0.01)]})
     r = pipeline("plan", "--params", f, check=False)
     assert r.returncode == 2 and "run(s) res, cnx overflow" in r.stderr and "est. time" in r.stdout, r.stderr
-    assert "kaggle: 2 GPU kernels" in r.stdout  # pipeline.py adds the Kaggle fan-out (roadtop.kaggle.budget)
+    assert "kaggle: one run per kernel would be 2 GPU kernels" in r.stdout  # pipeline.py adds the Kaggle fan-out
+    assert "kaggle: 1 GPU kernel (packs of up to 2 runs" in r.stdout  # (roadtop.kaggle.budget): both on one T4 x2
     assert pipeline("plan", "--params", f, "--override").returncode == 0
 
 def test_demo_style_plan_probes_first_then_trains_with_auto(tmp_path, tiny_data):

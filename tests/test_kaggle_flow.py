@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 from bs4 import BeautifulSoup
 from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
@@ -235,10 +236,10 @@ def test_pipeline_kaggle_subcommands(plan, fake, capsys, tmp_path):
 
 
 # ---- the scheduler: the real plan's fan-out under Kaggle's GPU session cap ---------------------------------------
-def _real_plan(tmp_path, extra=""):
+def _real_plan(tmp_path, extra="", packs=False):
     """params/paddy.yaml with its outputs under tmp_path, polling every 60 s (the default), `extra` appended."""
     text = (ROOT / "params" / "paddy.yaml").read_text().replace("out_dir: outputs/", f"out_dir: {tmp_path}/")
-    (tmp_path / "paddy.yaml").write_text(text + extra)
+    (tmp_path / "paddy.yaml").write_text(text + extra + ("" if packs else "  gpus_per_session: 1\n"))
     return load_plan(tmp_path / "paddy.yaml")
 
 
@@ -609,3 +610,117 @@ def test_kaggle_docker_image_pins_every_kernel(plan, fake):
     saves = fake.calls("SaveKernel")
     assert len(saves) == 2 and {s["dockerImage"] for s in saves} == {plan.kaggle["docker_image"]}
     assert record.load_state(plan)["docker_image"] == plan.kaggle["docker_image"]
+
+
+# ---- GPU packs: two runs per kernel, one per T4 --------------------------------------------------------------
+def _pack_runs_of(payload):
+    """The RUNS a pushed pack notebook carries (its hidden data cell), [] for a one-run kernel."""
+    nb = nbformat.reads(payload["text"], as_version=4)
+    cell = [c for c in nb.cells if "pack-runs" in c.metadata.get("tags", [])]
+    if not cell:
+        return []
+    ns = {}
+    exec(cell[0].source, ns)  # noqa: S102 - the data cell the pack notebook holds
+    return ns["RUNS"]
+
+
+def _pack_outputs(fail=None):
+    """What a pack kernel writes, as its driver would: per run preds.npz and manifest.json under its folder (or,
+    for run `fail`, its executed notebook only), and pack.json."""
+    def outputs(ref, payload):
+        runs, files, results = _pack_runs_of(payload), {}, {}
+        if not runs:
+            return {"submission.csv": b"image_id,label\n200001.jpg,blast\n"} if "ensemble" in ref else {}
+        for gpu, r in enumerate(runs):
+            d = r["out"].removeprefix("/kaggle/working/")
+            files[f"{d}/{r['notebook_name']}"] = r["notebook"].encode()
+            if r["run"] == fail:
+                results[r["run"]] = {"state": "failed", "gpu": gpu, "cause": "OutOfMemoryError: CUDA out of memory"}
+                continue
+            files[f"{d}/preds.npz"] = f"preds of {r['run']}".encode()
+            files[f"{d}/manifest.json"] = b'{"done": true}'
+            results[r["run"]] = {"state": "complete", "gpu": gpu, "cause": ""}
+        files["pack.json"] = json.dumps(results).encode()
+        return files
+    return outputs
+
+
+def test_the_real_plan_runs_in_packs_of_two_under_two_sessions_then_the_ensemble_and_submission(fake, tmp_path):
+    """9 GPU jobs, 2 sessions of 2 T4s: 5 GPU kernels (longest with longest), never more than 2 sessions, every
+    run COMPLETE and collected into its own folder, then the ensemble and the submission."""
+    plan = _real_plan(tmp_path, packs=True)
+    _probed(plan, 0.1)
+    fake.use_clock(run_s=3600, queue_s=60)
+    fake.outputs_of = _pack_outputs()
+    out, lines = io.StringIO(), []
+    assert flow.run(plan, submit_it=True, log=lines.append, sleep=Sleeps(), out=out) == 0
+    saves = fake.calls("SaveKernel")
+    gpu = [s for s in saves if s["enableGpu"]]
+    assert len(gpu) == 5 and fake.max_gpu_active == 2 and fake.refused == []
+    packed = [[r["run"] for r in _pack_runs_of(s)] for s in gpu]
+    trains = [j.name for j in plan.jobs if j.stage in ("train", "multitarget")]
+    assert sorted(r for p in packed for r in p) == sorted(trains) and [len(p) for p in packed] == [2, 2, 2, 2, 1]
+    assert packed[-1] == ["multitarget"]  # the shortest run (5 epochs at 128 px) goes alone, last
+    for s in gpu:  # each run's notebook is the one it would be alone: its outputs under /kaggle/working/<run>
+        for r in _pack_runs_of(s):
+            _, p = params_of(r["notebook"])
+            assert p["out_dir"] == r["out"] == f"/kaggle/working/{plan.job(r['run']).out_dir.name}"
+    ens = saves[-1]
+    assert ens["slug"] == _pref("ensemble") and len(ens["kernelDataSources"]) == 5
+    _, p = params_of(ens["text"])
+    assert len(p["run_dirs"]) == 9 and all(d.startswith("/kaggle/input/roadtop-paddy-pack") for d in p["run_dirs"])
+    state = record.load_state(plan)
+    assert all(state["kernels"][f"pack{i}"]["status"] == "COMPLETE" for i in range(1, 6))
+    assert flow.run_states(state)["train/vit_res_224"] is flow.KernelState.COMPLETE
+    for n in trains:  # collected, each into its own folder
+        d = plan.job(n).out_dir
+        assert (d / "preds.npz").read_bytes() == f"preds of {n}".encode() and (d / flow.MARKER).exists()
+    assert len(fake.calls("CreateSubmission")) == 1
+    table = out.getvalue().split("[")[-1]
+    assert sum(" complete" in ln and "roadtop-paddy-pack" in ln for ln in table.splitlines()) == 9
+
+
+def test_one_failed_run_of_a_pack_fails_alone(fake, tmp_path):
+    plan = _real_plan(tmp_path, packs=True)
+    _probed(plan, 0.1)
+    fake.use_clock(run_s=3600, queue_s=60)
+    fake.outputs_of = _pack_outputs(fail="train/vit_squish_224")
+    lines, out = [], io.StringIO()
+    assert flow.run(plan, log=lines.append, sleep=Sleeps(), out=out) == 1
+    state = record.load_state(plan)
+    pack = next(n for n, r in state["kernels"].items() if "train/vit_squish_224" in r.get("runs", []))
+    mate = next(r for r in state["kernels"][pack]["runs"] if r != "train/vit_squish_224")
+    assert state["kernels"][pack]["status"] == "COMPLETE"
+    assert any(ln.startswith("ensemble: not pushed: train/vit_squish_224 ended in FAILED on Kaggle") for ln in lines)
+    assert flow.collect(plan, log=lines.append, sleep=Sleeps()) == 1
+    assert (plan.job(mate).out_dir / "preds.npz").read_bytes() == f"preds of {mate}".encode()
+    assert not (plan.job("train/vit_squish_224").out_dir / "preds.npz").exists()
+    (why,) = [ln for ln in lines if ln.startswith("train/vit_squish_224: failed in pack")]
+    assert "OutOfMemoryError: CUDA out of memory; its executed notebook is in" in why
+    nb = Path(why.rsplit(" is in ", 1)[1]) / "train.ipynb"
+    assert nb.exists()
+    out = io.StringIO()
+    assert flow.status(plan, once=True, out=out, log=lines.append, sleep=Sleeps()) == 1
+    row = next(ln for ln in out.getvalue().splitlines() if ln.startswith("train/vit_squish_224"))
+    assert "failed (OutOfMemoryError: CUDA out of memory)" in row and pack.replace("pack", "roadtop-paddy-pack") in row
+    mate_row = next(ln for ln in out.getvalue().splitlines() if ln.startswith(mate + " "))
+    assert mate_row.endswith("complete")
+
+
+def test_plan_prints_packs_and_one_run_per_kernel_and_packs_need_at_most_60_percent(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    plan = _real_plan(tmp_path, packs=True)
+    _probed(plan, 0.1)
+    lines = []
+    assert budget.check_plan(plan, log=lines.append, checks=[kaggle_budget]) == 0
+    (one,) = [ln for ln in lines if ln.startswith("kaggle: one run per kernel would be")]
+    (packs,) = [ln for ln in lines if ln.startswith("kaggle: 5 GPU kernels (packs of up to 2 runs")]
+    num = r"([\d.]+) GPU h; ([\d.]+) h wall clock at 2 at once"
+    one_gpu, one_wall = map(float, re.search(num, one).groups())
+    pack_gpu, pack_wall = map(float, re.search(num, packs).groups())
+    assert one.startswith("kaggle: one run per kernel would be 9 GPU kernels")
+    assert pack_gpu <= 0.6 * one_gpu and pack_wall < one_wall
+    secs = sorted(kaggle_budget_secs(plan), reverse=True)
+    assert pack_gpu == round(sum(secs[0::2]) / 3600, 2)  # longest with longest: each pack costs its first run

@@ -109,10 +109,10 @@ def test_dry_run_of_the_real_plan(tmp_path):
     assert p["weights"]["vit_large_patch16_224"] == 2 and len(p["run_dirs"]) == len(trains)
 
 
-def _real_plan(tmp_path, extra=""):
+def _real_plan(tmp_path, extra="", packs=False):
     """params/paddy.yaml with its outputs under tmp_path (and `extra` YAML appended to its kaggle section)."""
     text = (ROOT / "params" / "paddy.yaml").read_text().replace("out_dir: outputs/", f"out_dir: {tmp_path}/")
-    (tmp_path / "paddy.yaml").write_text(text + extra)
+    (tmp_path / "paddy.yaml").write_text(text + extra + ("" if packs else "  gpus_per_session: 1\n"))
     return load_plan(tmp_path / "paddy.yaml")
 
 

@@ -7,6 +7,7 @@ import math
 from ..dag.budget import plan_rows, run_key
 from ..errors import RoadtopError
 from .client import KaggleCallError, Quota, connect, gpu_quota, offline_username
+from .schedule import pack_runs
 from .settings import internet_on, settings
 
 __all__ = ["fan_out_hours", "gpu_seconds", "kaggle_budget", "plan_quota", "quota_problem"]
@@ -61,13 +62,19 @@ def quota_problem(needed_h: float, quota: Quota) -> str:
 
 
 def kaggle_budget(plan, rows, session_h: float, log=print, quota=None) -> list:
-    """Print the Kaggle fan-out of `rows` (roadtop.dag.budget.plan_rows, one GPU kernel each): internet, GPU hours
-    against the weekly quota left, wall clock under the session cap; problems (only for a plan with a `kaggle:`
+    """Print the Kaggle fan-out of `rows` (roadtop.dag.budget.plan_rows): internet, GPU hours against the weekly
+    quota left, wall clock under the session cap, in packs of kaggle.gpus_per_session runs (a pack lasts as long
+    as its longest run) and, for comparison, one run per kernel; problems (only for a plan with a `kaggle:`
     section) as strings."""
     st = settings(plan)
     on, why = internet_on(st)
     secs = [r["seconds"] for r in rows if not math.isnan(r["seconds"])]
-    gpu_h, wall_h = fan_out_hours(secs, st.max_gpu_sessions)
+    one_h, one_wall = fan_out_hours(secs, st.max_gpu_sessions)
+    by_run = {r["run"]: r["seconds"] for r in rows}
+    packs, too_long = pack_runs(by_run, st.gpus_per_session, st.session_hours * 3600)
+    pack_secs = [max(s for s in (by_run[r] for r in p) if not math.isnan(s)) for p in packs
+                 if any(not math.isnan(by_run[r]) for r in p)]
+    gpu_h, wall_h = fan_out_hours(pack_secs, st.max_gpu_sessions)
     if quota is None:
         quota, source = plan_quota(st, log) if getattr(plan, "kaggle", None) else (
             Quota(st.weekly_gpu_hours, st.weekly_gpu_hours), "kaggle.weekly_gpu_hours")
@@ -76,13 +83,15 @@ def kaggle_budget(plan, rows, session_h: float, log=print, quota=None) -> list:
     log(f"kaggle: internet {'on' if on else 'off'} ({why})")
     log(f"kaggle: weekly GPU quota {quota.left_h:.2f} h left of {quota.total_h:g} ({source}; refreshes "
         f"{quota.refresh_text()})")
-    log(f"kaggle: {len(rows)} GPU kernels, {gpu_h:.2f} GPU h; {wall_h:.2f} h wall clock at {st.max_gpu_sessions} "
-        "at once (max_gpu_sessions), then the ensemble")
+    at = f"at {st.max_gpu_sessions} at once (max_gpu_sessions), then the ensemble"
+    if st.gpus_per_session > 1:
+        log(f"kaggle: one run per kernel would be {len(rows)} GPU kernels, {one_h:.2f} GPU h; {one_wall:.2f} h "
+            f"wall clock {at}")
+        log(f"kaggle: {len(packs)} GPU kernel{'s' * (len(packs) != 1)} (packs of up to {st.gpus_per_session} runs, one per GPU: "
+            f"gpus_per_session), {gpu_h:.2f} GPU h; {wall_h:.2f} h wall clock {at}")
+    else:
+        log(f"kaggle: {len(rows)} GPU kernels, {gpu_h:.2f} GPU h; {wall_h:.2f} h wall clock {at}")
     if not getattr(plan, "kaggle", None):
         return []
     problems = [p for p in [quota_problem(gpu_h, quota)] if p]
-    long = [r["run"] for r in rows if r["seconds"] > st.session_hours * 3600]
-    if long:
-        problems.append(f"run(s) {', '.join(long)} alone exceed one {st.session_hours:g} h Kaggle session "
-                        "(kaggle.session_hours)")
-    return problems
+    return problems + [f"{p} (kaggle.session_hours)" for p in too_long]

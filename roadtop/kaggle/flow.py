@@ -16,7 +16,8 @@ from ..errors import RoadtopError
 from ..paths import KAGGLE_WORKING, atomic_write
 from .budget import gpu_seconds, quota_problem
 from .client import KaggleCallError, gpu_quota, kernel_image, api_username, call_kaggle, connect, kernel_version, owner_username
-from .kernels import Kernel, build_kernels, fingerprint, gpu_kernel, kaggle_out, select_jobs
+from .kernels import Kernel, build_kernels, fingerprint, gpu_kernel, kaggle_out, kernel_of, select_jobs
+from .packnb import PACK_JSON
 from .record import load_state, save_state
 from .schedule import Candidate, KernelState, decide, running_repushes, state_of
 from .settings import internet_on, settings
@@ -25,10 +26,12 @@ __all__ = [
     "MARKER",
     "SESSION_CAP",
     "SlotBusy",
+    "KernelState",
     "collect",
     "push",
     "refresh",
     "run",
+    "run_states",
     "stale_sources",
     "status",
     "status_table",
@@ -92,7 +95,8 @@ def _push_one(api, plan, k: Kernel, st, state, log, sleep):
     fp, versions = fingerprint(k, state)
     rec = {"ref": k.ref, "slug": k.slug, "folder": str(k.folder), "version": resp.version_number,
            "url": resp.url, "sha": fp, "sources": versions, "gpu": gpu_kernel(k), "pushed_at": _now(),
-           "status": "QUEUED", "failure": "", "checked_at": "", "running_since": ""}
+           "status": "QUEUED", "failure": "", "checked_at": "", "running_since": "", "runs": k.runs,
+           "pack": k.name not in k.runs}
     # SaveKernel drops a source it cannot attach (a dataset still processing, a wrong name) and still runs the
     # version, listing it under invalidDatasetSources (Kaggle/kaggle-cli#433: "The following are not valid
     # dataset sources and could not be added to the kernel: [...]" then "Kernel version 179 successfully pushed")
@@ -109,7 +113,8 @@ def _push_one(api, plan, k: Kernel, st, state, log, sleep):
         raise err
     state["kernels"][k.name] = rec
     save_state(plan, state)
-    log(f"{k.name}: pushed {k.ref} version {resp.version_number} ({resp.url})")
+    carries = f" (runs {', '.join(k.runs)}, one per GPU)" if k.name not in k.runs else ""
+    log(f"{k.name}: pushed {k.ref} version {resp.version_number}{carries} ({resp.url})")
     if not state.get("docker_image"):  # the sweep's first kernel: every later one runs on its image
         image = st.docker_image or call_kaggle(kernel_image, api, k.ref, what=f"image of {k.ref}", **kw)
         if image:
@@ -154,7 +159,21 @@ def _up_to_date(k: Kernel, state: dict) -> bool:
 def _candidate(k: Kernel, state: dict, user: str) -> Candidate:
     """The scheduler's view of kernel `k`: what it reads, GPU, its own datasets (their status can be asked)."""
     mine = tuple(d for d in k.meta["dataset_sources"] if d.split("/")[0] == user)
-    return Candidate(k.name, tuple(k.needs), gpu_kernel(k), mine, _up_to_date(k, state))
+    return Candidate(k.name, needs=tuple(k.needs), runs=tuple(k.runs), gpu=gpu_kernel(k), datasets=mine,
+                     current=_up_to_date(k, state))
+
+
+def run_states(state: dict) -> dict:
+    """run -> KernelState, and kernel -> KernelState: a pack's runs share its state until it is COMPLETE, then
+    each has its own from the pack's pack.json (COMPLETE, or FAILED with its cause)."""
+    out = {}
+    for n, rec in state["kernels"].items():
+        s = out[n] = state_of(rec.get("status"))
+        for run in rec.get("runs") or [n]:
+            res = (rec.get("results") or {}).get(run)
+            out[run] = s if s is not KernelState.COMPLETE or res is None else (
+                KernelState.COMPLETE if res["state"] == "complete" else KernelState.FAILED)
+    return out
 
 
 def states_now(state: dict, n: str) -> KernelState:
@@ -173,7 +192,7 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
     asks Kaggle and does it). `wait`: poll until every kernel has ended."""
     todo, names = [], [k.name for k in kernels]
     for k in kernels:
-        if force or not _up_to_date(k, state) or any(n in {t.name for t in todo} for n in k.needs):
+        if force or not _up_to_date(k, state) or any(n in {r for t in todo for r in t.runs} for n in k.needs):
             todo.append(k)
         else:
             rec = state["kernels"][k.name]
@@ -181,7 +200,7 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
                 "(--force pushes a new version)")
     failed, notes, refusals, rc, cap = {}, {}, 0, 0, st.max_gpu_sessions
     while True:
-        needed = {n for k in todo for n in k.needs}  # runs read by ours, pushed or not by this command
+        needed = {kernel_of(state, n) for k in todo for n in k.needs}  # kernels of the runs ours read
         watch = [n for n, r in state["kernels"].items()  # and every GPU kernel of the plan that holds a session
                  if (n in names or n in needed or r.get("gpu")) and state_of(r.get("status")).holds_session]
         if watch:
@@ -191,13 +210,14 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
                 if not wait or e.code == 401:
                     raise
                 log(f"{e}; the next poll tries again")
-        states = {n: state_of(r.get("status")) for n, r in state["kernels"].items()}
+        states = run_states(state)
         busy = _holding(state)
         cands = [_candidate(k, state, user) for k in todo]
+        queued = {r for k in todo for r in k.runs}
         datasets = {d: _dataset_ready(api, d, st, log, sleep) for c in cands if not any(
-            n in {t.name for t in todo} or states.get(n) is not KernelState.COMPLETE for n in c.needs)
-            for d in c.datasets}
-        plan_now = decide(cands, states, datasets, busy, cap, failed=failed, force=force)
+            n in queued or states.get(n) is not KernelState.COMPLETE for n in c.needs) for d in c.datasets}
+        lost = {r for k in kernels if k.name in failed for r in k.runs}
+        plan_now = decide(cands, states, datasets, busy, cap, failed=set(failed) | lost, force=force)
         refused = progress = False
         for k in list(todo):
             d = plan_now[k.name]
@@ -234,7 +254,7 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
         busy = _holding(state)
         refusals = refusals + 1 if refused and not busy else 0  # none of ours runs: others hold the sessions
         live.show(*status_table(state, names, notes={k.name: notes.get(k.name, "") for k in todo},
-                                failed=failed))
+                                failed=failed, runs_of={k.name: k.runs for k in kernels}))
         running = [n for n in names if n in state["kernels"] and states_now(state, n).holds_session]
         if not todo and (not wait or not running):
             break
@@ -246,7 +266,8 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
                     "`push --wait` / `kaggle run` to keep going")
             break
         sleep(min(st.poll_interval * 2 ** max(0, refusals - 1), 1800.0))  # backs off while others hold them
-    if wait and any(states_now(state, n).bad for n in names if n in state["kernels"]):
+    runs_now = run_states(state)
+    if wait and any(runs_now[r].bad for k in kernels if k.name in state["kernels"] for r in [k.name, *k.runs]):
         rc = 1
     return rc
 
@@ -265,14 +286,14 @@ def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool
         if not user:
             raise RoadtopError(f"push --dry-run needs the owner: set kaggle.username in {plan.source}, "
                                "KAGGLE_USERNAME, ~/.kaggle/kaggle.json or ~/.kaggle/access_token")
-        built = build_kernels(plan, jobs, user, st, state, log=log)
+        built = build_kernels(plan, jobs, user, st, state, log=log, seconds=gpu_seconds(plan))
         log(f"kaggle: internet {'on' if online else 'off'} ({why})")
         for k in built:
             log(f"{k.name}: kernel folder {k.folder} (not pushed: --dry-run)")
         return 0
     api = api or connect()
     user = st.username or api_username(api)
-    kernels = build_kernels(plan, jobs, user, st, state, log=log)
+    kernels = build_kernels(plan, jobs, user, st, state, log=log, seconds=gpu_seconds(plan))
     _refuse_running_repush(api, plan, kernels, st, state, force, force_running, log, sleep)
     _check_quota(api, plan, [k for k in kernels if gpu_kernel(k) and (force or not _up_to_date(k, state))], st,
                  override, log, sleep)
@@ -309,12 +330,12 @@ def _check_quota(api, plan, kernels: list, st, override: bool, log, sleep):
         log("kaggle: Kaggle reports no weekly GPU quota for this account; not checked")
         return
     secs = gpu_seconds(plan)
-    unknown = [k.name for k in kernels if not secs.get(k.name) or secs[k.name] != secs[k.name]]
+    unknown = [r for k in kernels for r in k.runs if not secs.get(r) or secs[r] != secs[r]]
     if unknown:
         log(f"kaggle: weekly GPU quota {quota.left_h:.2f} h left (refreshes {quota.refresh_text()}); no probe "
             f"estimate for {', '.join(unknown)}: not checked (`pipeline.py run --only probe`, then `plan`)")
         return
-    needed = sum(secs[k.name] for k in kernels) / 3600
+    needed = sum(max(secs[r] for r in k.runs) for k in kernels) / 3600  # a pack lasts as long as its longest run
     problem = quota_problem(needed, quota)
     if problem and not override:
         raise RoadtopError(f"kaggle push refused: {problem}; push fewer runs (--runs), wait for the refresh, or "
@@ -345,6 +366,22 @@ def _versioned(rec: dict) -> str:
     return f"{rec['ref']}/{rec['version']}" if rec.get("version") else rec["ref"]
 
 
+def _pack_results(api, n, rec, st, log, sleep) -> dict:
+    """run -> {state, gpu, cause} of a COMPLETE pack kernel: its pack.json, the one file downloaded (the client's
+    file_pattern); a pack that wrote none failed every run."""
+    tmp = Path(rec["folder"]) / ".pack"
+    shutil.rmtree(tmp, ignore_errors=True)
+    call_kaggle(api.kernels_output, _versioned(rec), str(tmp), file_pattern=rf"^{PACK_JSON}$", force=True,
+                quiet=True, run=n, what=f"download of {rec['ref']}'s {PACK_JSON}", st=st, log=log, sleep=sleep)
+    try:
+        results = json.loads((tmp / PACK_JSON).read_text())
+    except (OSError, ValueError):
+        results = {}
+    shutil.rmtree(tmp, ignore_errors=True)
+    missing = {"state": "failed", "gpu": None, "cause": f"{rec['ref']} v{rec.get('version')} wrote no {PACK_JSON}"}
+    return {run: results.get(run, missing) for run in rec["runs"]}
+
+
 def refresh(api, plan, names, st=None, state=None, log=print, sleep=time.sleep) -> dict:
     """Ask Kaggle for the status of the kernels of runs `names` and record it: run -> (status, message). A
     version recorded FAILED (lost a source) keeps that verdict until the run is pushed again."""
@@ -366,26 +403,31 @@ def refresh(api, plan, names, st=None, state=None, log=print, sleep=time.sleep) 
         if s == "RUNNING" and rec.get("status") != "RUNNING":
             rec["running_since"] = _now()
         rec.update(status=s, failure=resp.failure_message or state_of(s).why, checked_at=_now())
+        if s == "COMPLETE" and rec.get("pack") and "results" not in rec:
+            rec["results"] = _pack_results(api, n, rec, st, log, sleep)
         out[n] = (s, rec["failure"])
     save_state(plan, state)
     return out
 
 
 def _pushed(plan, state: dict, runs=None) -> list:
-    """The pushed runs matching `runs` (names or globs; all when None)."""
+    """The pushed kernels carrying a run (or named) as in `runs` (names or globs; all when None)."""
     names = list(state["kernels"])
     if not names:
         raise RoadtopError(f"nothing of {plan.source} is pushed to Kaggle yet: run `pipeline.py kaggle push`")
+    carried = {n: [n, *(state["kernels"][n].get("runs") or [])] for n in names}
+    every = list(dict.fromkeys(x for xs in carried.values() for x in xs))
     for pat in runs or []:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
-            raise RoadtopError(f"--runs {pat}: no such run among those pushed ({', '.join(names)})")
-    return [n for n in names if not runs or any(fnmatch.fnmatchcase(n, pat) for pat in runs)]
+        if not any(fnmatch.fnmatchcase(n, pat) for n in every):
+            raise RoadtopError(f"--runs {pat}: no such run among those pushed ({', '.join(every)})")
+    return [n for n in names if not runs or any(fnmatch.fnmatchcase(x, pat) for pat in runs for x in carried[n])]
 
 
 def stale_sources(state: dict, name: str) -> list:
     """The runs whose kernel has a newer version than the one run `name` was pushed to read."""
     rec = state["kernels"].get(name, {})
-    return [n for n, v in (rec.get("sources") or {}).items() if state["kernels"].get(n, {}).get("version") != v]
+    return [n for n, v in (rec.get("sources") or {}).items()
+            if state["kernels"].get(kernel_of(state, n), {}).get("version") != v]
 
 
 def _elapsed(since: str) -> str:
@@ -422,16 +464,20 @@ def _phase(state: dict, n: str, notes: dict, failed: dict) -> tuple:
     return s.lower(), extra.lstrip("; ")
 
 
-def status_table(state: dict, names, notes=None, failed=None) -> tuple:
-    """(lines, key) of the status table: run, kernel, version, state (waiting / queued / running (elapsed) /
-    complete / error (cause), stale when a run it reads was pushed anew); `key` ignores the clock."""
-    notes, failed = notes or {}, failed or {}
+def status_table(state: dict, names, notes=None, failed=None, runs_of=None) -> tuple:
+    """(lines, key) of the status table, a row per run: run, its kernel, version, state (waiting / queued /
+    running (elapsed) / complete / error (cause), stale when a run it reads was pushed anew; a pack's run: its
+    own outcome once the pack is COMPLETE); `names`: kernels; `key` ignores the clock."""
+    notes, failed, runs_of = notes or {}, failed or {}, runs_of or {}
     rows, key = [("RUN", "KERNEL", "VER", "STATE")], []
     for n in names:
         r = state["kernels"].get(n, {})
         word, detail = _phase(state, n, notes, failed)
-        rows.append((n, r.get("ref", "-"), str(r.get("version", "-")), f"{word} ({detail})" if detail else word))
-        key.append((n, word, detail if word != "running" else ""))
+        for run in r.get("runs") or runs_of.get(n) or [n]:
+            res = (r.get("results") or {}).get(run) if word == "complete" else None
+            w, d = ("failed", res["cause"]) if res and res["state"] != "complete" else (word, detail)
+            rows.append((run, r.get("ref", "-"), str(r.get("version", "-")), f"{w} ({d})" if d else w))
+            key.append((run, w, d if w != "running" else ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return lines, tuple(key)
@@ -485,12 +531,18 @@ def status(plan, runs=None, once: bool = False, interval=None, api=None, out=Non
                 reported.add(n)
                 log(f"{n}: kernel {state['kernels'][n]['ref']} ended in {s}: {msg or 'no message'} "
                     f"(`pipeline.py kaggle collect --runs {n}` downloads its log)")
+            for run, res in (state["kernels"][n].get("results") or {}).items():
+                if res["state"] != "complete" and run not in reported:
+                    reported.add(run)
+                    log(f"{run}: failed in pack {state['kernels'][n]['ref']} (GPU {res.get('gpu')}): "
+                        f"{res['cause']} (`pipeline.py kaggle collect --runs {run}` downloads its notebook)")
         if once or all(state_of(s).ended for s, _ in now.values()):
             for n in names:
                 if stale_sources(state, n):
                     log(f"{n}: stale: {', '.join(stale_sources(state, n))} was pushed anew since; "
                         "`pipeline.py kaggle push` (or `kaggle run`) pushes it again")
-            return 1 if any(state_of(s).bad for s, _ in now.values()) else 0
+            runs_now = run_states(state)
+            return 1 if any(runs_now[x].bad for n in names for x in [n, *state["kernels"][n].get("runs", [])]) else 0
         sleep(interval or st.poll_interval)
 
 
@@ -559,10 +611,20 @@ def collect(plan, runs=None, replace: bool = False, api=None, log=print, sleep=t
             continue
         if s != "COMPLETE":
             log(f"{n}: {rec['ref']} ended in {s} ({msg or 'no message'}); its log is in {dest}")
-            failed[n] = {"state": "failed", "cause": f"Kaggle kernel {s}: {msg or 'no message'} (log: {dest})"}
+            for run in rec.get("runs") or [n]:
+                failed[run] = {"state": "failed", "cause": f"Kaggle kernel {s}: {msg or 'no message'} (log: {dest})"}
             rc = 1
-        elif n in jobs:
-            _install(jobs[n], dest, rec, replace, log)
+            continue
+        for run in rec.get("runs") or [n]:  # a pack: each run into its own folder, a failed one says why
+            res = (rec.get("results") or {}).get(run)
+            if res and res["state"] != "complete":
+                where = dest / kaggle_out(jobs[run]).relative_to(KAGGLE_WORKING) if run in jobs else dest
+                log(f"{run}: failed in pack {rec['ref']} v{rec.get('version')} (GPU {res.get('gpu')}): "
+                    f"{res['cause']}; its executed notebook is in {where}")
+                failed[run] = {"state": "failed", "cause": f"{res['cause']} (pack {rec['ref']}; notebook: {where})"}
+                rc = 1
+            elif run in jobs:
+                _install(jobs[run], dest, rec, replace, log)
     try:  # the same one-page report as a local run: what was collected, next to what ran here
         log(f"report: {write_report(plan, failed)}")
     except Exception as e:  # noqa: BLE001 - the report only shows what was collected: it must not fail collect

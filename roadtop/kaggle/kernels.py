@@ -15,6 +15,8 @@ from ..dag.stages import stage
 from ..errors import RoadtopError
 from ..paths import KAGGLE_INPUT, KAGGLE_WORKING, atomic_write
 from .record import load_state
+from .packnb import pack_notebook
+from .schedule import pack_runs
 from .settings import KaggleSettings, internet_on, kaggle_dir, kernel_slug, kernel_title, settings
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "kaggle_params",
     "kernel_metadata",
     "kernel_notebook",
+    "kernel_of",
     "select_jobs",
 ]
 
@@ -38,20 +41,38 @@ BOOTSTRAP_NOTE = ("*The hidden cell below writes the helper modules of this less
 
 @dataclass
 class Kernel:
-    """One run as a Kaggle kernel: job, slug, owner/slug ref, folder, metadata, runs it reads, hash."""
+    """A Kaggle kernel: the jobs it runs (one, or a GPU pack), slug, owner/slug ref, folder, metadata, the runs
+    it reads, hash."""
 
-    job: object
+    jobs: list
     slug: str
     ref: str
     folder: Path
     meta: dict
-    needs: list
+    needs: list  # runs (of other kernels) whose outputs it reads
     sha: str  # of the notebook and its metadata; `fingerprint` adds the versions of the kernels it reads
+    name: str = ""  # the run name for one job (e.g. train/convnext), pack<i> for a pack
+
+    def __post_init__(self):
+        """Name a one-job kernel after its run."""
+        self.name = self.name or self.jobs[0].name
 
     @property
-    def name(self):
-        """The run name (e.g. train/convnext)."""
-        return self.job.name
+    def job(self):
+        """The first (for a one-job kernel: the) job."""
+        return self.jobs[0]
+
+    @property
+    def runs(self) -> list:
+        """The names of the runs it carries."""
+        return [j.name for j in self.jobs]
+
+
+def kernel_of(state: dict, run: str) -> str:
+    """The name of the recorded kernel that carries run `run` (itself, or its pack); "" if none."""
+    if run in state["kernels"]:
+        return run
+    return next((n for n, r in state["kernels"].items() if run in (r.get("runs") or ())), "")
 
 
 def gpu_kernel(k: Kernel) -> bool:
@@ -62,7 +83,7 @@ def gpu_kernel(k: Kernel) -> bool:
 def fingerprint(k: Kernel, state: dict) -> tuple:
     """(fingerprint, versions read) of `k`: its content hash plus the recorded versions of the kernels it
     reads, so re-pushing a source run (a new version) makes the kernel that reads it stale."""
-    versions = {n: state["kernels"].get(n, {}).get("version") for n in k.needs}
+    versions = {n: state["kernels"].get(kernel_of(state, n), {}).get("version") for n in k.needs}
     if not versions:
         return k.sha, {}
     text = k.sha + json.dumps(versions, sort_keys=True)
@@ -286,17 +307,19 @@ def kernel_notebook(notebook, params: dict):
     return nb
 
 
-def kernel_metadata(job, st: KaggleSettings, ref: str, slug: str, kernel_sources: list) -> dict:
-    """kernel-metadata.json for `job`, with the keys `kaggle kernels push` reads."""
+def kernel_metadata(jobs, st: KaggleSettings, ref: str, slug: str, kernel_sources: list) -> dict:
+    """kernel-metadata.json for a kernel running `jobs` (a job or a pack's list), with the keys `kaggle kernels
+    push` reads."""
+    jobs = jobs if isinstance(jobs, list) else [jobs]
     datasets = list(st.datasets)
-    if job.params.get("pretrained") and st.weights_dataset:
+    if any(j.params.get("pretrained") for j in jobs) and st.weights_dataset:
         datasets.insert(0, st.weights_dataset)
-    gpu = st.enable_gpu and stage(job.stage).gpu
+    gpu = st.enable_gpu and any(stage(j.stage).gpu for j in jobs)
     meta = {
         "id": ref, "title": kernel_title(slug), "code_file": f"{slug}.ipynb", "language": "python",
         "kernel_type": "notebook", "is_private": st.is_private, "enable_gpu": gpu, "enable_tpu": False,
         "enable_internet": internet_on(st)[0], "dataset_sources": datasets,
-        "competition_sources": [st.competition] if stage(job.stage).paddy else [],
+        "competition_sources": [st.competition] if any(stage(j.stage).paddy for j in jobs) else [],
         "kernel_sources": kernel_sources, "model_sources": [],
     }
     if st.accelerator and gpu:
@@ -304,26 +327,53 @@ def kernel_metadata(job, st: KaggleSettings, ref: str, slug: str, kernel_sources
     return meta
 
 
-def build_kernels(plan, jobs: list, username: str, st=None, state=None, write=True, log=print) -> list:
-    """Kernel folders (notebook + kernel-metadata.json) under outputs/ for `jobs`, needed runs first."""
+def _groups(plan, jobs: list, st, seconds: dict) -> list:
+    """(kernel name, jobs) in push order: each GPU run in a pack of up to kaggle.gpus_per_session runs (probe
+    estimates `seconds`: longest with longest), named pack1, pack2...; every other job a kernel of its own."""
+    ordered = _ordered(jobs)
+    gpu = [j for j in ordered if st.enable_gpu and stage(j.stage).gpu]
+    if st.gpus_per_session <= 1 or not gpu:
+        return [(j.name, [j]) for j in ordered]
+    packs, _ = pack_runs({j.name: seconds.get(j.name) for j in gpu}, st.gpus_per_session, st.session_hours * 3600)
+    by = {j.name: j for j in gpu}
+    out = [(f"pack{i + 1}", [by[n] for n in p]) for i, p in enumerate(packs)]
+    return out + [(j.name, [j]) for j in ordered if j.name not in by]
+
+
+def build_kernels(plan, jobs: list, username: str, st=None, state=None, write=True, log=print,
+                  seconds=None) -> list:
+    """Kernel folders (notebook + kernel-metadata.json) under outputs/ for `jobs`, needed runs first; GPU runs
+    in packs of kaggle.gpus_per_session (`seconds`: the probe's estimates, run -> seconds)."""
     st = st or settings(plan)
     state = state if state is not None else load_state(plan)
-    on_kaggle = {j.name for j in jobs} | set(state.get("kernels", {}))
-    slug_of = {j.name: kernel_slug(st.slug_prefix, j.name) for j in plan.jobs if j.name in on_kaggle}
-    clash = sorted(n for n, s in slug_of.items() if list(slug_of.values()).count(s) > 1)
+    groups = _groups(plan, jobs, st, seconds or {})
+    slug_of = {}  # run -> slug of the kernel that carries it
+    for n, rec in state.get("kernels", {}).items():
+        for run in rec.get("runs") or [n]:
+            slug_of[run] = rec.get("slug") or kernel_slug(st.slug_prefix, n)
+    for name, group in groups:
+        for j in group:
+            slug_of[j.name] = kernel_slug(st.slug_prefix, name)
+    slugs = {name: kernel_slug(st.slug_prefix, name) for name, _ in groups}
+    clash = sorted(n for n, sl in slugs.items() if list(slugs.values()).count(sl) > 1)
     if clash:
-        raise RoadtopError(f"runs {clash} give the same kernel slug {slug_of[clash[0]]}: rename one of them")
+        raise RoadtopError(f"runs {clash} give the same kernel slug {slugs[clash[0]]}: rename one of them")
     by_name = {j.name: j for j in plan.jobs}
     kernels, missing = [], {}
-    for job in _ordered(jobs):
-        for n in job.needs:
-            if n not in slug_of:
-                missing.setdefault(n, []).append(job.name)
-        needs = [n for n in job.needs if n in slug_of]
-        slug = slug_of[job.name]
+    for name, group in groups:
+        inside = {j.name for j in group}
+        for job in group:
+            for n in job.needs:
+                if n not in slug_of:
+                    missing.setdefault(n, []).append(job.name)
+        needs = list(dict.fromkeys(n for j in group for n in j.needs if n in slug_of and n not in inside))
+        slug = slugs[name]
         ref = f"{username}/{slug}"
-        meta = kernel_metadata(job, st, ref, slug, [f"{username}/{slug_of[n]}" for n in needs])
-        text = nbformat.writes(kernel_notebook(job.notebook, kaggle_params(job, slug_of, st, by_name)))
+        sources = list(dict.fromkeys(f"{username}/{slug_of[n]}" for n in needs))
+        meta = kernel_metadata(group, st, ref, slug, sources)
+        texts = [nbformat.writes(kernel_notebook(j.notebook, kaggle_params(j, slug_of, st, by_name))) for j in group]
+        text = texts[0] if len(group) == 1 and name == group[0].name else nbformat.writes(
+            pack_notebook(group, texts, [kaggle_out(j).name for j in group], st.gpus_per_session))
         sha = hashlib.sha256((text + json.dumps(meta, sort_keys=True)).encode()).hexdigest()[:16]
         folder = kaggle_dir(plan) / slug
         if write:
@@ -331,7 +381,7 @@ def build_kernels(plan, jobs: list, username: str, st=None, state=None, write=Tr
                 f.write(text)
             with atomic_write(folder / "kernel-metadata.json") as f:
                 json.dump(meta, f, indent=2)
-        kernels.append(Kernel(job, slug, ref, folder, meta, needs, sha))
+        kernels.append(Kernel(group, slug, ref, folder, meta, needs, sha, name))
     for n, who in missing.items():
         log(f"{', '.join(who)}: need {n}, which is not sent to Kaggle; their kernels run without it")
     return kernels

@@ -4,7 +4,7 @@ fail (why). No HTTP here; roadtop.kaggle.flow asks Kaggle, calls `decide`, does 
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["Candidate", "Decision", "KernelState", "decide", "running_repushes", "state_of"]
+__all__ = ["Candidate", "Decision", "KernelState", "decide", "pack_runs", "running_repushes", "state_of"]
 
 
 class KernelState(str, Enum):
@@ -53,7 +53,8 @@ class Candidate:
     """A kernel still to send: name, the runs it reads, GPU or not, its own datasets, up to date already."""
 
     name: str
-    needs: tuple = ()
+    needs: tuple = ()  # runs (not kernels) whose outputs it reads
+    runs: tuple = ()  # the runs it carries (a pack's runs); () means just `name`
     gpu: bool = False
     datasets: tuple = ()
     current: bool = False  # recorded with this content and these source versions, not ended badly
@@ -86,14 +87,14 @@ def decide(todo: list, states: dict, datasets: dict, busy: int, cap: int, failed
     datasets, for a free GPU session (`busy` of `cap` taken, counting the pushes decided here); is skipped when
     already up to date (unless `force`); else is pushed. `states`: run -> KernelState; `datasets`: own dataset
     -> Kaggle status (lowercase, 'missing' when it does not exist)."""
-    out, queued, failed = {}, {c.name for c in todo}, set(failed)
+    out, queued, failed = {}, {r for c in todo for r in (c.runs or (c.name,))}, set(failed)
     for c in todo:
         broken = [n for n in c.needs if n in failed or (n not in queued and n in states and states[n].bad)]
         if broken:
             n = broken[0]
             why = "could not be pushed" if n in failed else f"ended in {states[n].value} on Kaggle"
             out[c.name] = Decision("fail", f"{n} {why}")
-            failed.add(c.name)
+            failed |= {c.name, *c.runs}
             continue
         pending = [n for n in c.needs if n in queued or states.get(n) is not KernelState.COMPLETE]
         if pending:
@@ -107,7 +108,7 @@ def decide(todo: list, states: dict, datasets: dict, busy: int, cap: int, failed
         if bad:
             out[c.name] = bad[0]
             if bad[0].action == "fail":
-                failed.add(c.name)
+                failed |= {c.name, *c.runs}
             continue
         if c.gpu and busy >= cap:
             out[c.name] = Decision("wait", f"GPU sessions busy ({busy} of {cap})")
@@ -121,3 +122,16 @@ def running_repushes(names, state: dict) -> list:
     """The runs of `names` whose recorded version still holds a session: a new version would not stop it
     (Kaggle/kaggle-cli#388), so both would be billed."""
     return [n for n in names if n in state["kernels"] and state_of(state["kernels"][n].get("status")).holds_session]
+
+
+def pack_runs(seconds: dict, gpus: int, session_s: float) -> tuple:
+    """(packs, problems): the runs of `seconds` (run -> the probe's estimate; NaN or None: not measured) in packs of
+    up to `gpus` runs, one kernel each, longest with longest, so a pack, which lasts as long as its longest run,
+    wastes the least; unmeasured runs go last, in plan order. A pack longer than `session_s` is a problem."""
+    known = sorted((r for r, s in seconds.items() if s == s and s is not None), key=lambda r: -seconds[r])
+    order = known + [r for r in seconds if r not in known]
+    packs = [tuple(order[i:i + gpus]) for i in range(0, len(order), max(1, gpus))]
+    problems = [f"pack {', '.join(p)} needs est. {max(seconds[r] for r in p) / 3600:.2f} h, more than one "
+                f"{session_s / 3600:g} h session" for p in packs if any(r in known for r in p)
+                and max(seconds[r] for r in p if r in known) > session_s]
+    return packs, problems

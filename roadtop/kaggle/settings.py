@@ -9,13 +9,16 @@ from ..dag.stages import STAGES
 from ..errors import RoadtopError
 from ..paddy import COMPETITION
 
-__all__ = ["MAX_GPU_SESSIONS", "RETIRED_ACCELERATORS", "SESSION_HOURS", "WEEKLY_GPU_HOURS", "KaggleSettings", "internet_on", "kaggle_dir", "kernel_slug",
+__all__ = ["GPUS_OF_SHAPE", "MAX_GPU_SESSIONS", "RETIRED_ACCELERATORS", "SESSION_HOURS", "WEEKLY_GPU_HOURS", "KaggleSettings", "internet_on", "kaggle_dir", "kernel_slug",
            "kernel_title", "settings", "slugify"]
 
 MAX_GPU_SESSIONS = 2  # batch GPU sessions an account runs at once ("Maximum batch GPU session count of 2 reached")
 WEEKLY_GPU_HOURS = 30.0  # Kaggle's weekly GPU quota per account (it floats around 30 h)
 # "A Kaggle notebook runs for at most 12 hours" (kaggle 2.2.5 KaggleApi._DEFAULT_WAIT_TIMEOUT, 12 * 60 * 60)
 SESSION_HOURS = 12.0
+# GPUs a session of each machine shape has: "NvidiaTeslaT4" is "GPU T4 x2" (kaggle 2.2.5 cli.py
+# Help.param_kernel_acc; a single T4 is not offered, Kaggle/kaggle-cli#1198); others one
+GPUS_OF_SHAPE = {"nvidiateslat4": 2}
 # Machine shapes the server silently replaces, and with what (kaggle 2.2.5 _RETIRED_ACCELERATORS; lowercase keys)
 RETIRED_ACCELERATORS = {
     "nvidiateslap100": "Sessions run on the default GPU (NvidiaTeslaT4) instead.",
@@ -40,6 +43,7 @@ class KaggleSettings:
     enable_gpu: bool = True  # GPU for the stages that want one (roadtop.dag.stages: gpu=True)
     accelerator: str = "NvidiaTeslaT4"  # Kaggle machine shape of GPU kernels (a T4 shows ~15 GiB); "": Kaggle's
     max_gpu_sessions: int = MAX_GPU_SESSIONS  # GPU kernels queued/running at once (Kaggle's cap per account)
+    gpus_per_session: int = 0  # GPU runs a kernel trains at once, one per card; 0: the accelerator's (2 for a T4)
     weekly_gpu_hours: float = WEEKLY_GPU_HOURS  # the weekly GPU quota assumed when Kaggle cannot be asked
     session_hours: float = SESSION_HOURS  # longest a kernel session runs; every GPU kernel is checked against it
     docker_image: str = ""  # image every kernel runs on; "": the one Kaggle gives the first kernel, then pinned
@@ -77,6 +81,7 @@ def settings(plan) -> KaggleSettings:
     if retired:
         raise RoadtopError(f"{where}.accelerator={st.accelerator} is retired on Kaggle: {retired} Set "
                            "kaggle.accelerator: NvidiaTeslaT4 (or another current machine shape)")
+    st.gpus_per_session = st.gpus_per_session or GPUS_OF_SHAPE.get(st.accelerator.strip().lower(), 1)
     if st.max_gpu_sessions < 1:
         raise RoadtopError(f"{where}.max_gpu_sessions={st.max_gpu_sessions} should be 1 or more")
     return st
