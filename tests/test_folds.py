@@ -63,7 +63,7 @@ def test_a_plain_run_may_not_look_like_a_fold(tmp_path, tiny_data, notebooks):
         plan_mod.load_plan(tiny_plan(tmp_path, tiny_data, runs={"x-fold1": {"arch": "test_resnet"}}))
 
 
-def test_folds_in_defaults_expand_every_run_and_each_fold_is_a_kaggle_kernel(tmp_path, tiny_data, notebooks):
+def test_folds_in_defaults_expand_every_run_and_each_fold_is_a_kaggle_run(tmp_path, tiny_data, notebooks):
     from roadtop.kaggle import kernels
 
     f = tiny_plan(tmp_path, tiny_data, defaults={"folds": 3, "seed": 0})
@@ -74,10 +74,12 @@ def test_folds_in_defaults_expand_every_run_and_each_fold_is_a_kaggle_kernel(tmp
     assert [j.name for j in plan.jobs if j.stage == "train"] == [f"train/{r}-fold{i}" for r in ("res", "cnx")
                                                                  for i in range(3)]
     ks = kernels.build_kernels(plan, plan.jobs, "someone", write=False, log=lambda s: None)
-    by = {k.job.name: k for k in ks}
-    assert len(ks) == 7 and by["ensemble"].needs == [j.name for j in plan.jobs if j.stage == "train"]
-    for i in range(3):  # one kernel per fold, its notebook parameterised with its fold
-        job = by[f"train/cnx-fold{i}"].job
+    folds = [j.name for j in plan.jobs if j.stage == "train"]
+    by = {j.name: j for k in ks for j in k.jobs}
+    assert [len(k.runs) for k in ks] == [2, 2, 2, 1]  # GPU packs of two folds (a T4 x2 session), the ensemble
+    assert sorted(r for k in ks[:3] for r in k.runs) == sorted(folds) and ks[-1].needs == folds
+    for i in range(3):  # each fold a run of its own, its notebook parameterised with its fold
+        job = by[f"train/cnx-fold{i}"]
         nb = kernels.kernel_notebook(job.notebook, job.params)
         injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
         assert f"fold = {i}\n" in injected.source and "folds = 3\n" in injected.source
