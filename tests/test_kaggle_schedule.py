@@ -2,7 +2,7 @@
 
 from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
 
-from roadtop.kaggle.schedule import Candidate, Decision, KernelState, decide, running_repushes, state_of
+from roadtop.kaggle.schedule import Candidate, Decision, KernelState, decide, pack_runs, running_repushes, state_of
 
 S = KernelState
 
@@ -56,3 +56,29 @@ def test_a_kernel_whose_version_holds_a_session_is_a_running_repush():
     state = {"kernels": {"a": {"status": "RUNNING"}, "b": {"status": "CANCEL_REQUESTED"},
                          "c": {"status": "COMPLETE"}, "d": {"status": "NEW_SCRIPT"}}}
     assert running_repushes(["a", "b", "c", "d", "e"], state) == ["a", "b", "d"]
+
+
+def test_packs_put_the_longest_runs_together_and_flag_one_longer_than_a_session():
+    secs = {"a": 3.0, "b": 9.0, "c": float("nan"), "d": 8.0, "e": 1.0}
+    packs, problems = pack_runs(secs, 2, session_s=10.0)
+    assert packs == [("b", "d"), ("a", "e"), ("c",)] and problems == []  # unmeasured last, in plan order
+    assert pack_runs(secs, 1, 10.0)[0] == [("b",), ("d",), ("a",), ("e",), ("c",)]
+    _, problems = pack_runs({"a": 3.0, "b": 7.2 * 3600}, 2, session_s=6 * 3600)
+    assert problems == ["pack b, a needs est. 7.20 h, more than one 6 h session"]
+
+
+def test_gpus_per_session_follows_the_accelerator_unless_set(tmp_path):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from roadtop.errors import RoadtopError
+    from roadtop.kaggle.settings import settings
+
+    def st(**kw):
+        return settings(SimpleNamespace(kaggle=kw, source=tmp_path / "p.yaml", name="p"))
+
+    assert st().gpus_per_session == 2  # NvidiaTeslaT4: "GPU T4 x2"
+    assert st(accelerator="NvidiaL4").gpus_per_session == 1 and st(gpus_per_session=1).gpus_per_session == 1
+    with pytest.raises(RoadtopError, match="gpus_per_session=-1 should be 0"):
+        st(gpus_per_session=-1)

@@ -176,7 +176,7 @@ def run_states(state: dict) -> dict:
     return out
 
 
-def states_now(state: dict, n: str) -> KernelState:
+def _state(state: dict, n: str) -> KernelState:
     """The recorded KernelState of run `n`."""
     return state_of(state["kernels"][n].get("status"))
 
@@ -255,7 +255,7 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
         refusals = refusals + 1 if refused and not busy else 0  # none of ours runs: others hold the sessions
         live.show(*status_table(state, names, notes={k.name: notes.get(k.name, "") for k in todo},
                                 failed=failed, runs_of={k.name: k.runs for k in kernels}))
-        running = [n for n in names if n in state["kernels"] and states_now(state, n).holds_session]
+        running = [n for n in names if n in state["kernels"] and _state(state, n).holds_session]
         if not todo and (not wait or not running):
             break
         if not wait:

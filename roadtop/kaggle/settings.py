@@ -81,6 +81,8 @@ def settings(plan) -> KaggleSettings:
     if retired:
         raise RoadtopError(f"{where}.accelerator={st.accelerator} is retired on Kaggle: {retired} Set "
                            "kaggle.accelerator: NvidiaTeslaT4 (or another current machine shape)")
+    if st.gpus_per_session < 0:
+        raise RoadtopError(f"{where}.gpus_per_session={st.gpus_per_session} should be 0 (the accelerator's) or more")
     st.gpus_per_session = st.gpus_per_session or GPUS_OF_SHAPE.get(st.accelerator.strip().lower(), 1)
     if st.max_gpu_sessions < 1:
         raise RoadtopError(f"{where}.max_gpu_sessions={st.max_gpu_sessions} should be 1 or more")
