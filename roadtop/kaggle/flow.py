@@ -297,7 +297,10 @@ def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool
     _refuse_running_repush(api, plan, kernels, st, state, force, force_running, log, sleep)
     _check_quota(api, plan, [k for k in kernels if gpu_kernel(k) and (force or not _up_to_date(k, state))], st,
                  override, log, sleep)
-    log(f"kaggle: internet {'on' if online else 'off'} ({why}); at most {st.max_gpu_sessions} GPU kernels at once")
+    packs = (f", each training up to {st.gpus_per_session} runs at once, one per GPU (gpus_per_session)"
+             if st.gpus_per_session > 1 else "")
+    log(f"kaggle: internet {'on' if online else 'off'} ({why}); at most {st.max_gpu_sessions} GPU kernels at once"
+        + packs)
     live = _Live(out or sys.stdout)
     return _schedule(api, plan, kernels, st, state, force, wait, user, live.below(log), sleep, live)
 
