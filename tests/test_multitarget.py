@@ -102,6 +102,12 @@ def test_notebook_trains_both_heads_on_a_tiny_folder(tmp_path):
     assert m["multitarget"]["variety_error_valid"] is not None and m["disease_only"]["variety_error_valid"] is None
     p = load_preds(out)
     assert p.vocab == ["blast", "hispa", "normal"] and p.holdout_probs.shape == (len(p.holdout_ids), 3)
+    from roadtop import model  # its saved model: 7 outputs, the first 3 the disease vocab's
+
+    cfg = json.loads((out / model.CONFIG).read_text())
+    assert cfg["n_out"] == 7 and cfg["outputs"] == [0, 3] and cfg["vocab"] == p.vocab
+    probs = model.predict(model.load_model(out), sorted((path / "test_images").iterdir()))
+    assert probs.shape == (len(p.test_ids), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
 def test_metrics_json_has_no_nan(tmp_path):

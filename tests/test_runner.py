@@ -46,7 +46,7 @@ def test_end_to_end_outputs(base, tiny_data):
     for run in ("res", "cnx"):
         assert (out / "train" / run / "train.ipynb").exists()  # executed notebook, parameters recorded
         m = json.loads((out / "train" / run / "manifest.json").read_text())
-        assert m["outputs"] == ["preds.npz", "subm.csv"] and m["params"]["arch"] in ("test_resnet", "test_convnext")
+        assert m["outputs"] == ["model.json", "model.safetensors", "preds.npz", "subm.csv"] and m["params"]["arch"] in ("test_resnet", "test_convnext")
     table = pd.read_csv(out / "ensemble" / "holdout.csv")
     assert table.run.tolist()[:2] == ["res", "cnx"] and table.run.tolist()[-1] == "ensemble"
     assert table.holdout_accuracy.between(0, 1).all()

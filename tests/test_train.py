@@ -78,6 +78,8 @@ def test_kfold_run_saves_out_of_fold_predictions(tiny_data, tmp_path):
     assert p.oof_labels == [next(f.parent.name for f in trn if f.name == i) for i in p.oof_ids]
     assert p.oof_probs.shape == (len(p.oof_ids), len(p.vocab))
     assert (out / "subm.csv").read_text().startswith("image_id,label")
+    cfg = json.loads((out / "model.json").read_text())  # each fold saves its model
+    assert cfg["name"] == "cnx_f1" and cfg["bs"] == 32 and cfg["vocab"] == p.vocab and (out / "model.safetensors").exists()
 
 
 def test_channels_last_bodies_get_a_permute_before_the_head():
