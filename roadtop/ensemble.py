@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -249,3 +250,41 @@ def write_csv(df: pd.DataFrame, path):
     with atomic_write(path) as f:
         df.to_csv(f, index=False)
     return path
+
+
+CHOICE = "ensemble.json"  # the submitted ensemble: its weights per member and the runs making each member
+
+
+def save_choice(out_dir, members, fitted: dict, method: str, metric: str = "") -> Path:
+    """Write ensemble.json atomically: the method, the chosen ensemble, its weights and each member's runs."""
+    import json
+    import math
+
+    table = holdout_table(members, fitted[method].weights, fitted, method)
+    scores = {r["run"]: r["holdout_accuracy"] for _, r in table.iterrows() if r["run"] in fitted}
+    rec = {"method": method, "chosen": method, "metric": metric,
+           "scores": {n: None if math.isnan(s) else float(s) for n, s in scores.items()},
+           "weights": {r.name: float(w) for r, w in zip(members, fitted[method].weights)},
+           "runs": {r.name: list(r.meta.get("folds") or [r.name]) for r in members}}
+    f = Path(out_dir) / CHOICE
+    with atomic_write(f) as fh:
+        json.dump(rec, fh, indent=1)
+    return f
+
+
+def load_choice(out_dir) -> dict:
+    """Read ensemble.json (see save_choice); one clear error if it is missing or not what save_choice writes."""
+    import json
+
+    f = Path(out_dir) / CHOICE
+    if not f.exists():
+        raise RoadtopError(f"{f} is missing: run the ensemble notebook (or `python pipeline.py run`) first")
+    try:
+        rec = json.loads(f.read_text())
+        ok = (isinstance(rec, dict) and {"method", "chosen", "metric", "scores", "weights", "runs"} <= set(rec)
+              and set(rec["weights"]) == set(rec["runs"]))
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise RoadtopError(f"{f} is unreadable or incomplete: rerun the ensemble notebook to rewrite it")
+    return rec
