@@ -58,3 +58,19 @@ def test_jobs_follow_the_stage_table(tmp_path, tiny_data):
         bad = tmp_path / "bad.yaml"
         bad.write_text(yaml.safe_dump({**yaml.safe_load(f.read_text()), "trian": {}}))
         load_plan(bad)
+
+
+def test_predict_job_reads_the_runs_models_and_the_ensembles_choice(tmp_path, tiny_data):
+    plan = load_plan(tiny_plan(tmp_path, tiny_data, predict={}))
+    job = plan.job("predict")
+    assert job.needs == ["train/res", "train/cnx", "ensemble"]
+    assert job.params["ensemble_dir"] == str(plan.job("ensemble").out_dir)
+    assert job.params["run_dirs"] == [str(plan.job("train/res").out_dir), str(plan.job("train/cnx").out_dir)]
+    assert not STAGES["predict"].ensembles and STAGES["predict"].predicts  # it predicts, it does not ensemble
+    raw = yaml.safe_load(tiny_plan(tmp_path, tiny_data, predict={}).read_text())
+    del raw["ensemble"]
+    (tmp_path / "no_ens.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(RoadtopError, match="predict predicts with the ensemble's models: add an `ensemble:` section"):
+        load_plan(tmp_path / "no_ens.yaml")
+    with pytest.raises(RoadtopError, match="'ensemble_dir' is set by the pipeline"):
+        load_plan(tiny_plan(tmp_path, tiny_data, predict={"ensemble_dir": "x"}))

@@ -11,7 +11,7 @@ from ..paths import atomic_write
 __all__ = ["PART_NAMES", "file_hashes", "data_fingerprint", "job_parts", "fingerprint", "what_changed"]
 
 PART_NAMES = ("notebook", "params", "data", "upstream")  # what a job's fingerprint is made of, in this order
-_SET_BY_PIPELINE = ("out_dir", "data_path", "run_dirs")  # paths: the data and upstream parts say what they hold
+_SET_BY_PIPELINE = ("out_dir", "data_path", "run_dirs", "ensemble_dir")  # paths: the data and upstream parts say what they hold
 
 
 def _sha(*parts) -> str:

@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_PLAN", "Job", "Plan", "load_plan", "resolve_plan_data"]
 DEFAULT_PLAN = ROOT / "params" / "demo.yaml"
 _TOP = {"name", "out_dir", "data", "kaggle", *ORDER}
 _DATA = {"path", "demo", "holdout_pct", "holdout_seed", "labels", "skip_bad"}
-_SET_BY_PIPELINE = {"out_dir", "data_path", "run_dirs", "runs"}
+_SET_BY_PIPELINE = {"out_dir", "data_path", "run_dirs", "runs", "ensemble_dir"}
 
 
 @dataclass
@@ -151,6 +151,12 @@ def load_plan(path=None, out_dir=None) -> Plan:
         raise RoadtopError(f"{where}: accum: auto needs the memory probe: add a `probe:` section (e.g. probe: {{}})")
     for j in jobs:  # the jobs of its upstream stages that the plan has (the ensemble: every run)
         j.needs = [n.name for n in jobs if n.stage in stage(j.stage).upstream]
+        if stage(j.stage).predicts:  # the ensemble's choice (ensemble.json) and the runs' saved models
+            ens = [n.out_dir for n in jobs if n.name in j.needs and stage(n.stage).ensembles]
+            if not ens:
+                raise RoadtopError(f"{where}: {j.name} predicts with the ensemble's models: add an `ensemble:` section")
+            j.params["ensemble_dir"] = str(ens[0])
+            j.params["run_dirs"] = [str(n.out_dir) for n in jobs if n.name in j.needs and stage(n.stage).member]
     plan = Plan(name, path, out, jobs, data, _section(raw, "kaggle", where))
     for j in plan.jobs:
         j.params["out_dir"] = str(j.out_dir)

@@ -143,6 +143,12 @@ def walk(plan, data_fp: str, states: dict, allow_partial: bool = False, projecte
                 states[job.name] = state if state["state"] == "failed" else {"state": "pending"}
                 yield Step(job, state=states[job.name], cannot_start=str(e))
                 continue
+        done = ("complete", "stale", "pending") if projected else ("complete",)
+        waiting = [d for d in job.needs if states.get(d, {}).get("state") not in done] if st.predicts else []
+        if waiting:  # it predicts with the models of a finished ensemble
+            states[job.name] = {"state": "pending"}
+            yield Step(job, state=states[job.name], waits=f"waits for {', '.join(waiting)}")
+            continue
         members, note, bad = None, "", {}
         if st.ensembles:  # which runs it reads decides its parameters, so pick them first
             members, note, bad = ensemble_members(plan, job, states, allow_partial, projected)

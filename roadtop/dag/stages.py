@@ -23,20 +23,23 @@ class Stage:
     member: bool = False  # its saved predictions feed the ensemble
     measures: bool = False  # measures the training stages' runs: gets their specs as `runs`; `accum: auto` reads it
     publishes: tuple = ()  # files copied to the plan's output folder when it completes
+    predicts: bool = False  # predicts with its upstream runs' saved models and the ensemble's weights (ensemble_dir)
 
     @property
     def ensembles(self) -> bool:
         """True when it reads the saved predictions of member stages (its upstream runs are ensemble members)."""
-        return any(STAGES[u].member for u in self.upstream)
+        return not self.predicts and any(STAGES[u].member for u in self.upstream)
 
 
-# In execution order. The probe sizes the runs, the runs feed the ensemble; collab stands alone.
+# In execution order. The probe sizes the runs, the runs feed the ensemble, whose saved models and weights predict
+# the test images present when it runs (a code competition's rerun); collab stands alone.
 STAGES = {s.name: s for s in (
     Stage("probe", "probe.ipynb", gpu=True, paddy=True, measures=True),
     Stage("train", "train.ipynb", ("probe",), many=True, trains=True, gpu=True, paddy=True, member=True),
     Stage("multitarget", "multitarget.ipynb", ("probe",), trains=True, gpu=True, paddy=True, member=True),
     Stage("collab", "collab.ipynb"),
     Stage("ensemble", "ensemble.ipynb", ("train", "multitarget"), paddy=True, publishes=("submission.csv",)),
+    Stage("predict", "predict.ipynb", ("train", "multitarget", "ensemble"), gpu=True, paddy=True, predicts=True),
 )}
 ORDER = tuple(STAGES)
 
