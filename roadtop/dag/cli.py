@@ -6,6 +6,7 @@
         each job: complete / stale (what changed) / failed (cause) / pending, as `run` would see it
     python pipeline.py check [--params FILE]         check the data and saved predictions, run nothing
     python pipeline.py plan [--params FILE] [--override]   accum, est. peak GiB and time per run vs the budget
+    python pipeline.py predict --images DIR [--params FILE] [--out FILE.csv]   label new images with the ensemble
 """
 
 import argparse
@@ -15,6 +16,7 @@ import time
 from ..errors import RoadtopError
 from .budget import check_plan
 from .checks import check_paddy, check_runs_dirs
+from .label import add_subcommand as add_predict
 from .plan import DEFAULT_PLAN, load_plan, resolve_plan_data
 from .records import MANIFEST
 from .runner import prepare_data, run_plan, walk
@@ -119,6 +121,7 @@ def parser(extra=(), plan_checks=(), budget_checks=()) -> argparse.ArgumentParse
     st.add_argument("--skip-bad", action="store_true", help="as `run --skip-bad` would see the runs")
     pl = add("plan", cmd_plan, "from the memory probe: accum, est. peak GiB and time per run against the budget")
     pl.add_argument("--override", action="store_true", help="accept a plan over the time or memory budget")
+    add_predict(sub)
     for add_more in extra:  # e.g. roadtop.kaggle.cli.add_subcommands, from pipeline.py
         add_more(sub)
     p.set_defaults(plan_checks=tuple(plan_checks), budget_checks=tuple(budget_checks))
