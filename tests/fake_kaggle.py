@@ -453,3 +453,12 @@ def push_all(plan, fake, **kw):
     assert flow.push(plan, log=lines.append, **kw) == 0
     fake.set_statuses(ref("ensemble"), "COMPLETE")
     return lines
+
+
+def code_competition(plan):
+    """`plan` reloaded with a `predict:` section and kaggle.code_competition true: what a code competition runs."""
+    src = plan.source
+    src.write_text(src.read_text() + "predict: {}\n")
+    new = load_plan(src)
+    new.kaggle["code_competition"] = True
+    return new

@@ -15,7 +15,7 @@ from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
 pytest.register_assert_rewrite("fake_kaggle")  # its helpers assert too
-from fake_kaggle import KEY, TOKEN, USER, Sleeps, push_all, ref
+from fake_kaggle import KEY, TOKEN, USER, Sleeps, code_competition, push_all, ref
 
 pytest_plugins = ["fake_kaggle"]
 
@@ -101,13 +101,15 @@ def test_credentials_from_kaggle_json_and_from_an_api_token(plan, fake, monkeypa
 
 
 def test_credentials_appear_in_no_pushed_text_file_or_log(plan, fake, capsys, tmp_path):
-    plan.kaggle["code_competition"] = True
+    plan = code_competition(plan)
     lines = push_all(plan, fake)
-    fake.outputs[ref("ensemble")]["submission.csv"] = b"image_id,label\n"
+    flow.push(plan, log=lines.append, sleep=Sleeps(), out=io.StringIO())
+    fake.set_statuses(ref("predict"), "COMPLETE")
+    fake.outputs[ref("predict")]["submission.csv"] = b"image_id,label\n"
     flow.collect(plan, log=lines.append, sleep=Sleeps())
     flow.submit(plan, log=lines.append, sleep=Sleeps())
     flow.status(plan, once=True, out=io.StringIO(), log=lines.append, sleep=Sleeps())
-    assert len(fake.calls("SaveKernel")) == 3
+    assert len(fake.calls("SaveKernel")) == 4
     texts = [json.dumps(r.payload) if r.payload else r.body.decode("latin-1") for r in fake.requests]
     files = [p for p in tmp_path.rglob("*") if p.is_file() and "home" not in p.parts]
     assert any(p.name == "kernel-metadata.json" for p in files) and any(p.suffix == ".ipynb" for p in files)

@@ -23,7 +23,7 @@ from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
 pytest.register_assert_rewrite("fake_kaggle")  # its helpers assert too
-from fake_kaggle import USER, WEIGHTS, Sleeps, params_of, push_all, ref
+from fake_kaggle import USER, WEIGHTS, Sleeps, code_competition, params_of, push_all, ref
 
 pytest_plugins = ["fake_kaggle"]
 
@@ -167,25 +167,34 @@ def test_collect_keeps_a_local_run(plan, fake):
     assert (local / "preds.npz").read_bytes() == b"kaggle"
 
 
-def test_submit_code_competition_sends_kernel_and_version(plan, fake):
-    plan.kaggle["code_competition"] = True
+def test_submit_code_competition_sends_the_predict_kernel_and_version(plan, fake):
+    plan = code_competition(plan)
     push_all(plan, fake)
-    assert flow.push(plan, runs=["ensemble"], force=True, log=lambda s: None, sleep=Sleeps()) == 0  # version 2
+    assert flow.push(plan, log=lambda s: None, sleep=Sleeps()) == 0  # the predict kernel, once the ensemble is done
+    fake.set_statuses(ref("predict"), "COMPLETE")
+    assert flow.push(plan, runs=["predict"], force=True, log=lambda s: None, sleep=Sleeps()) == 0  # version 2
     assert flow.submit(plan, "ensemble of 2", log=lambda s: None, sleep=Sleeps()) == 0
     (sub,) = fake.calls("CreateCodeSubmission")
     assert sub == {"competitionName": "paddy-disease-classification", "kernelOwner": USER,
-                   "kernelSlug": "roadtop-kdemo-ensemble", "kernelVersion": 2, "fileName": "submission.csv",
+                   "kernelSlug": "roadtop-kdemo-predict", "kernelVersion": 2, "fileName": "submission.csv",
                    "submissionDescription": "ensemble of 2"}
     assert record.load_state(plan)["submissions"][0]["ref"] == 4242
 
 
-def test_submit_code_competition_refuses_an_unfinished_ensemble(plan, fake):
-    plan.kaggle["code_competition"] = True
+def test_submit_code_competition_refuses_an_unfinished_predict_kernel(plan, fake):
+    plan = code_competition(plan)
     push_all(plan, fake)
-    fake.set_statuses(ref("ensemble"), "RUNNING")
-    with pytest.raises(RoadtopError, match="ensemble: .* is RUNNING"):
+    flow.push(plan, log=lambda s: None, sleep=Sleeps())
+    fake.set_statuses(ref("predict"), "RUNNING")
+    with pytest.raises(RoadtopError, match="predict: .* is RUNNING"):
         flow.submit(plan, log=lambda s: None, sleep=Sleeps())
     assert fake.calls("CreateCodeSubmission") == []
+
+
+def test_a_code_competition_needs_the_predict_section(plan):
+    plan.kaggle["code_competition"] = True
+    with pytest.raises(RoadtopError, match=r"kaggle.code_competition: Kaggle reruns .* add a `predict: \{\}` section"):
+        settings.settings(plan)
 
 
 def test_submit_file_competition_uploads_the_kernels_csv(plan, fake):
@@ -724,3 +733,23 @@ def test_plan_prints_packs_and_one_run_per_kernel_and_packs_need_at_most_60_perc
     assert pack_gpu <= 0.6 * one_gpu and pack_wall < one_wall
     secs = sorted(kaggle_budget_secs(plan), reverse=True)
     assert pack_gpu == round(sum(secs[0::2]) / 3600, 2)  # longest with longest: each pack costs its first run
+
+
+def test_plan_estimates_the_code_competitions_rerun_and_refuses_one_over_its_limit(tmp_path):
+    """The rerun predicts the hidden test set with every member: the probe's inference seconds an image x TTA
+    passes x test images x hidden_test_factor, summed over the members, against kaggle.rerun_limit_h."""
+    plan = _real_plan(tmp_path, "  code_competition: true\n  weights_dataset: someone/tw\npredict: {}\n")
+    _probed(plan, 0.1)  # no inference timing: a forward pass is taken as a third of a training step
+    lines = []
+    assert budget.check_plan(plan, log=lines.append, checks=[kaggle_budget]) == 0
+    runs = [j for j in plan.jobs if j.stage in ("train", "multitarget")]
+    want = sum((j.params["tta_n"] + 1) * 3469 * 0.1 * budget.INFER_RATIO for j in runs) / 3600
+    (rerun,) = [ln for ln in lines if "the code competition's rerun" in ln]
+    assert rerun == (f"kaggle: the code competition's rerun predicts the test set with 9 models: est. {want:.2f} h "
+                     f"(x hidden_test_factor 1) of rerun_limit_h 9")
+    plan.kaggle["hidden_test_factor"] = 9 / want + 0.5  # a hidden set that many times larger: over 9 h
+    with pytest.raises(RoadtopError, match=r"plan paddy refused: the rerun's est. [\d.]+ h > kaggle.rerun_limit_h 9 "
+                                           r"\(fewer members or tta_n"):
+        budget.check_plan(plan, log=lambda s: None, checks=[kaggle_budget])
+    plan.kaggle["rerun_limit_h"] = 100.0
+    assert budget.check_plan(plan, log=lambda s: None, checks=[kaggle_budget]) == 0

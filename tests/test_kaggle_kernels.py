@@ -170,13 +170,14 @@ def test_dry_run_of_the_real_plan_uses_the_hub_for_a_file_competition(tmp_path, 
 
 
 def test_dry_run_of_a_code_competition_needs_the_weights_dataset(tmp_path):
-    plan = _real_plan(tmp_path, "  username: someone\n  code_competition: true\n")
+    plan = _real_plan(tmp_path, "  username: someone\n  code_competition: true\npredict: {}\n")
     with pytest.raises(RoadtopError, match=r"^train/convnext_res_224: pretrained convnext_large_in22k on an "
                                            r"internet-off kernel \(code competition.*kaggle.weights_dataset is "
                                            r"not set: run `pipeline.py kaggle weights FOLDER --dataset "
                                            r"<you>/roadtop-timm-weights`"):
         flow.push(plan, dry_run=True, log=lambda s: None)
-    plan = _real_plan(tmp_path, "  username: someone\n  code_competition: true\n  weights_dataset: someone/tw\n")
+    plan = _real_plan(tmp_path, "  username: someone\n  code_competition: true\n  weights_dataset: someone/tw\n"
+                                "predict: {}\n")
     lines = []
     assert flow.push(plan, dry_run=True, log=lines.append) == 0
     assert "kaggle: internet off (code competition" in "\n".join(lines)
@@ -230,3 +231,28 @@ def test_environment_yml_installs_the_pinned_torch_from_pip():
     assert pip == ["-r requirements.txt", "-e ."]
     reqs = (ROOT / "requirements.txt").read_text()
     assert re.search(r"^torch==\d", reqs, re.MULTILINE) and re.search(r"^torchvision==\d", reqs, re.MULTILINE)
+
+
+def test_dry_run_of_a_code_competition_writes_the_predict_kernel_kaggle_reruns(tmp_path):
+    """The submission kernel of a code competition: predict.ipynb, offline, on a GPU, reading every training
+    kernel's saved models and the ensemble kernel's weights, carrying only roadtop's notebook-floor modules."""
+    plan = _real_plan(tmp_path, "  username: someone\n  code_competition: true\n  weights_dataset: someone/tw\n"
+                                "predict: {}\n")
+    assert flow.push(plan, dry_run=True, log=lambda s: None) == 0
+    kdir = settings.kaggle_dir(plan) / "roadtop-paddy-predict"
+    meta = json.loads((kdir / "kernel-metadata.json").read_text())
+    trains = [j for j in plan.jobs if j.stage in ("train", "multitarget")]
+    assert len(trains) == 9
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["kernel_sources"] == [f"someone/roadtop-paddy-{settings.slugify(j.name)}" for j in trains] + \
+        ["someone/roadtop-paddy-ensemble"]
+    assert meta["competition_sources"] == ["paddy-disease-classification"]
+    nb, p = params_of((kdir / "roadtop-paddy-predict.ipynb").read_text())
+    assert p["out_dir"] == "/kaggle/working" and p["ensemble_dir"] == "/kaggle/input/roadtop-paddy-ensemble"
+    assert p["run_dirs"] == [f"/kaggle/input/roadtop-paddy-{settings.slugify(j.name)}/{j.out_dir.name}"
+                             for j in trains]
+    boot = nb.cells[1].source
+    shipped = re.findall(r"_roadtop_src\['([\w.]+)'\]", boot)
+    assert "model.py" in shipped and "ensemble.py" in shipped
+    assert "roadtop.dag" not in boot and "roadtop.kaggle" not in boot and "from .dag" not in boot
+    assert all((ROOT / "roadtop" / n).is_file() for n in shipped)  # the notebook floor only

@@ -144,8 +144,11 @@ def plan_rows(plan) -> tuple:
         else:
             peak = t["peak_reserved_gb"]
             peak_txt = "n/m" if peak is None else f"{peak:.2f}"
+        # predicting the test set again with TTA (a code competition's rerun): forward passes only
+        predict_s = (job.params.get("tta_n", 4) + 1) * probe["counts"]["n_test"] * (s_inf or s_fit * INFER_RATIO) \
+            if s_fit else float("nan")
         rows.append({"run": name, "accum": acc, "auto": auto, "peak_gb": peak, "peak": peak_txt, "fits": fits,
-                     "seconds": secs, "cumulative": cum})
+                     "seconds": secs, "cumulative": cum, "predict_seconds": predict_s})
     return rows, pj, probe
 
 

@@ -91,7 +91,15 @@ def kaggle_budget(plan, rows, session_h: float, log=print, quota=None) -> list:
             f"gpus_per_session), {gpu_h:.2f} GPU h; {wall_h:.2f} h wall clock {at}")
     else:
         log(f"kaggle: {len(rows)} GPU kernels, {gpu_h:.2f} GPU h; {wall_h:.2f} h wall clock {at}")
+    rerun = []
+    if st.code_competition:  # Kaggle reruns the predict kernel on the hidden test set within the competition's limit
+        secs = sum(r["predict_seconds"] for r in rows) * st.hidden_test_factor
+        log(f"kaggle: the code competition's rerun predicts the test set with {len(rows)} models: est. "
+            f"{secs / 3600:.2f} h (x hidden_test_factor {st.hidden_test_factor:g}) of rerun_limit_h {st.rerun_limit_h:g}")
+        if not secs <= st.rerun_limit_h * 3600:
+            rerun.append(f"the rerun's est. {secs / 3600:.2f} h > kaggle.rerun_limit_h {st.rerun_limit_h:g} "
+                         f"(fewer members or tta_n, or ask the probe again on a faster GPU)")
     if not getattr(plan, "kaggle", None):
-        return []
+        return rerun
     problems = [p for p in [quota_problem(gpu_h, quota)] if p]
-    return problems + [f"{p} (kaggle.session_hours)" for p in too_long]
+    return rerun + problems + [f"{p} (kaggle.session_hours)" for p in too_long]

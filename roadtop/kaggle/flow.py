@@ -640,9 +640,11 @@ def submit(plan, message=None, api=None, log=print, sleep=time.sleep) -> int:
     competition the submission.csv that kernel wrote (downloaded by `collect`). Returns an exit code."""
     st = settings(plan)
     state = load_state(plan)
-    ens = [j for j in plan.jobs if "submission.csv" in stage(j.stage).publishes and j.name in state["kernels"]]
+    ens = [j for j in plan.jobs if j.name in state["kernels"] and  # a code competition reruns the predict kernel
+           (stage(j.stage).predicts if st.code_competition else "submission.csv" in stage(j.stage).publishes)]
     if not ens:
-        raise RoadtopError(f"the ensemble of {plan.source} is not on Kaggle: run `pipeline.py kaggle push`")
+        what = "predict kernel (a `predict:` section)" if st.code_competition else "ensemble"
+        raise RoadtopError(f"the {what} of {plan.source} is not on Kaggle: run `pipeline.py kaggle push`")
     job, rec = ens[0], state["kernels"][ens[0].name]
     api = api or connect()
     msg = message or f"roadtop {plan.name}: {rec['ref']} v{rec['version']}"

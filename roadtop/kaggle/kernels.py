@@ -139,9 +139,9 @@ def _local_paths(value, prefix=""):
 
 
 def kaggle_out(job) -> Path:
-    """Where `job` writes on Kaggle: /kaggle/working for the ensemble (Kaggle takes submission.csv from
-    there), else /kaggle/working/<its local out_dir's name>, so saved runs keep their names."""
-    if stage(job.stage).publishes:
+    """Where `job` writes on Kaggle: /kaggle/working for the ensemble and predict (Kaggle takes submission.csv
+    from there), else /kaggle/working/<its local out_dir's name>, so saved runs keep their names."""
+    if stage(job.stage).publishes or stage(job.stage).predicts:
         return KAGGLE_WORKING
     return KAGGLE_WORKING / Path(job.out_dir).name
 
@@ -163,6 +163,11 @@ def kaggle_params(job, slug_of: dict, st: KaggleSettings, jobs: dict | None = No
         if not runs:
             raise RoadtopError(f"{job.name}: none of the runs it reads is sent to Kaggle: push them with it "
                                "(e.g. --runs 'train/*' ensemble)")
+    if "ensemble_dir" in p:  # the predict kernel reads ensemble.json from the ensemble kernel's output
+        ens = [n for n in job.needs if n in slug_of and stage(jobs[n].stage).ensembles]
+        if not ens:
+            raise RoadtopError(f"{job.name}: its ensemble is not sent to Kaggle: push it with it (--runs ... ensemble)")
+        p["ensemble_dir"] = str(KAGGLE_INPUT / slug_of[ens[0]] / kaggle_out(jobs[ens[0]]).relative_to(KAGGLE_WORKING))
     online, why = internet_on(st)
     if p.get("pretrained") and st.weights_dataset and "weights_dir" in p:
         p["weights_dir"] = str(KAGGLE_INPUT / st.weights_dataset.split("/")[1])

@@ -34,7 +34,11 @@ class KaggleSettings:
     """The plan's `kaggle:` section with its defaults; `settings()` refuses unknown keys and wrong types."""
 
     competition: str = COMPETITION  # competition slug: every Paddy kernel's input, and the submit target
-    code_competition: bool = False  # submit the ensemble kernel's version, else its submission.csv
+    code_competition: bool = False  # submit the predict kernel's version (Kaggle reruns it), else a submission.csv
+    # a code competition's rerun: its time limit (kagglesdk CompetitionSettings.max_gpu_runtime_minutes / 60) and
+    # how many times more test images the hidden set has than the public one
+    rerun_limit_h: float = 9.0
+    hidden_test_factor: float = 1.0
     username: str = ""  # kernel owner; empty: the user the credentials belong to
     slug_prefix: str = ""  # kernel slugs are <prefix>-<run>; empty: roadtop-<plan name>
     # what `push` sends without --runs: the ensemble's members and the ensemble
@@ -73,6 +77,12 @@ def settings(plan) -> KaggleSettings:
         if not ok or (want is not bool and isinstance(v, bool)):
             raise RoadtopError(f"{where}.{k}={v!r} should be {want.__name__}: fix it in the plan")
     st = KaggleSettings(**{k: ("" if v is None else v) for k, v in raw.items()})
+    if st.code_competition:  # Kaggle reruns the submitted kernel on its hidden test set: the predict notebook's
+        predict = [n for n, s in STAGES.items() if s.predicts]
+        if not any(j.stage in predict for j in getattr(plan, "jobs", None) or []):
+            raise RoadtopError(f"{where}.code_competition: Kaggle reruns the submitted notebook on its hidden test "
+                               f"set, offline: add a `{predict[0]}: {{}}` section, whose kernel is submitted")
+        st.stages = st.stages if "stages" in raw else [*st.stages, *predict]
     st.slug_prefix = st.slug_prefix or slugify(f"roadtop-{getattr(plan, 'name', 'plan')}")
     for ds in [st.weights_dataset, *st.datasets]:
         if ds and not re.fullmatch(r"[\w.-]+/[\w.-]+", ds):
