@@ -54,22 +54,24 @@ def _min_scale(dls) -> float:
     return next((float(t.min_scale) for t in dls.after_batch.fs if isinstance(t, RandomResizedCropGPU)), 1.0)
 
 
-def save_model(learn, out_dir, arch: str, item, size, tta_n: int, vocab=None) -> Path:
+def save_model(learn, out_dir, arch: str, item, size, tta_n: int, tta_seed: int = 0, vocab=None) -> Path:
     """Write out_dir/model.safetensors (fp16) and model.json for `learn`'s network, atomically; returns model.json.
 
-    `item` is the Resize item transform, `size` the training size; `vocab` the classes its first outputs mean
+    `item` is the Resize item transform, `size` the training size, `tta_seed` the seed its TTA augmentations were
+    drawn from (set just before `learn.tta`); `vocab` the classes its first outputs mean
     (default: the DataLoaders' vocab; a multi-target model passes the disease vocab, its first slice).
     """
     out = Path(out_dir)
     vocab = [str(v) for v in (vocab if vocab is not None else learn.dls.vocab)]
     state = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in learn.model.state_dict().items()}
-    n_out = next(v for k, v in reversed(state.items()) if k.endswith("weight")).shape[0]
+    n_out = [m for m in learn.model.modules() if isinstance(m, torch.nn.Linear)][-1].out_features  # the head's
     cfg = {"format": FORMAT, "name": out.name, "arch": arch, "n_out": int(n_out), "vocab": vocab,
            "outputs": [0, len(vocab)],  # the columns that are `vocab`'s scores (a multi-target head has more)
            "item": {"method": str(item.method), "size": list(item.size)}, "size": size,
            "min_scale": _min_scale(learn.dls), "normalize": _normalize(learn.dls),
-           "tta": {"n": int(tta_n), "softmax": "each pass" if n_out == len(vocab) else "after the mean"},
+           "tta": {"n": int(tta_n), "seed": int(tta_seed),
+                   "softmax": "each pass" if n_out == len(vocab) else "after the mean"},
            "bs": int(learn.dls.bs)}  # it trained at this batch size, with gradients: inference at it fits
     with atomic_write(out / WEIGHTS, "wb") as f:
         f.write(save_safetensors(state, metadata={"arch": arch}))
@@ -94,10 +96,11 @@ def load_model(run_dir) -> Model:
     return Model(cfg.get("name", d.name), cfg, net.eval())
 
 
-def predict(m: Model, files, bs: int = 0, tta_n=None, seed: int = 0) -> np.ndarray:
+def predict(m: Model, files, bs: int = 0, tta_n=None, seed=None) -> np.ndarray:
     """Probabilities (len(files) x len(vocab)) of `files` with TTA as the model was trained to see them; fp16 on GPU.
 
-    `bs` 0 is the training batch size; `tta_n` None the saved number of augmented passes.
+    `bs` 0 is the training batch size; `tta_n` and `seed` None: the saved number of augmented passes and their
+    seed, so the images the run predicted get the same augmentations again.
     """
     c = m.config
     files = [Path(f) for f in files]
@@ -112,9 +115,10 @@ def predict(m: Model, files, bs: int = 0, tta_n=None, seed: int = 0) -> np.ndarr
     learn = Learner(dls, m.net.to(dls.device), loss_func=CrossEntropyLossFlat() if each_pass else _raw)
     if dls.device.type == "cuda":
         learn = learn.to_fp16()
-    set_seed(seed)
+    dl = dls.test_dl(files)
+    set_seed(c["tta"].get("seed", 0) if seed is None else seed)  # after the loader is made, as in training
     with learn.no_bar(), learn.no_logging():
-        out, _ = learn.tta(dl=dls.test_dl(files), n=c["tta"]["n"] if tta_n is None else tta_n)
+        out, _ = learn.tta(dl=dl, n=c["tta"]["n"] if tta_n is None else tta_n)
     lo, hi = c["outputs"]
     out = out.float()[:, lo:hi]
     return (out if each_pass else out.softmax(1)).cpu().numpy()

@@ -50,7 +50,7 @@ def test_saved_model_is_fp16_safetensors_and_json(saved):
     cfg = json.loads((out / model.CONFIG).read_text())
     assert cfg["arch"] == "test_resnet" and cfg["vocab"] == vocab and cfg["n_out"] == len(vocab)
     assert cfg["item"] == {"method": "squish", "size": [64, 64]} and cfg["size"] == 32 and cfg["min_scale"] == 0.75
-    assert cfg["tta"] == {"n": 2, "softmax": "each pass"} and cfg["bs"] == 16 and cfg["normalize"] is None
+    assert cfg["tta"] == {"n": 2, "seed": 0, "softmax": "each pass"} and cfg["bs"] == 16 and cfg["normalize"] is None
 
 
 def test_saved_model_labels_one_image_in_a_fresh_process_offline_without_data(saved, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import ensemble, model
+from .. import ensemble
 from ..errors import RoadtopError
 from ..paths import atomic_write
 from .plan import DEFAULT_PLAN, load_plan
@@ -18,6 +18,8 @@ __all__ = ["label_images", "cmd_predict", "add_subcommand"]
 def label_images(plan, images, bs: int = 0, log=print) -> pd.DataFrame:
     """image_id, label, probability for every image in `images`, by the ensemble's weighted mean of its members'
     TTA probabilities; every image and saved model is checked before anything is predicted."""
+    from .. import model  # fastai.vision and timm: heavy, and only this command of the CLI needs them
+
     files = model.image_files(images)
     ens = next((j for j in plan.jobs if stage(j.stage).ensembles), None)
     if ens is None:
