@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-SITE = '''
+SITE = r'''
 import ipaddress, socket
 
 def _loopback(address):
@@ -33,6 +33,11 @@ def getaddrinfo(host, *a, **kw):
         raise OSError(f"OFFLINE: name lookup of {host} refused (no network in this process)")
     return _getaddrinfo(host, *a, **kw)
 socket.getaddrinfo = getaddrinfo
+
+import os
+if os.environ.get("ROADTOP_OFFLINE_MARK"):
+    with open(os.environ["ROADTOP_OFFLINE_MARK"], "a") as _f:
+        _f.write(f"{os.getpid()}\n")
 '''
 
 
@@ -44,3 +49,8 @@ def offline_env(folder, root) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(folder), str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+def offline_marker(env: dict, path) -> dict:
+    """`env` whose processes append their pid to `path` when the network guard loads (proof it ran there)."""
+    return {**env, "ROADTOP_OFFLINE_MARK": str(path)}
