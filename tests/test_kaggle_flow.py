@@ -738,7 +738,7 @@ def test_plan_prints_packs_and_one_run_per_kernel_and_packs_need_at_most_60_perc
 def test_plan_estimates_the_code_competitions_rerun_and_refuses_one_over_its_limit(tmp_path):
     """The rerun predicts the hidden test set with every member: the probe's inference seconds an image x TTA
     passes x test images x hidden_test_factor, summed over the members, against kaggle.rerun_limit_h."""
-    plan = _real_plan(tmp_path, "  code_competition: true\n  weights_dataset: someone/tw\npredict: {}\n")
+    plan = code_competition(_real_plan(tmp_path, "  weights_dataset: someone/tw\n"))
     _probed(plan, 0.1)  # no inference timing: a forward pass is taken as a third of a training step
     lines = []
     assert budget.check_plan(plan, log=lines.append, checks=[kaggle_budget]) == 0

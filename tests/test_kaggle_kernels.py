@@ -20,7 +20,7 @@ from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
 pytest.register_assert_rewrite("fake_kaggle")  # its helpers assert too
-from fake_kaggle import USER, Sleeps, params_of, ref
+from fake_kaggle import USER, Sleeps, code_competition, params_of, ref
 
 pytest_plugins = ["fake_kaggle"]
 
@@ -170,14 +170,13 @@ def test_dry_run_of_the_real_plan_uses_the_hub_for_a_file_competition(tmp_path, 
 
 
 def test_dry_run_of_a_code_competition_needs_the_weights_dataset(tmp_path):
-    plan = _real_plan(tmp_path, "  username: someone\n  code_competition: true\npredict: {}\n")
+    plan = code_competition(_real_plan(tmp_path, "  username: someone\n"))
     with pytest.raises(RoadtopError, match=r"^train/convnext_res_224: pretrained convnext_large_in22k on an "
                                            r"internet-off kernel \(code competition.*kaggle.weights_dataset is "
                                            r"not set: run `pipeline.py kaggle weights FOLDER --dataset "
                                            r"<you>/roadtop-timm-weights`"):
         flow.push(plan, dry_run=True, log=lambda s: None)
-    plan = _real_plan(tmp_path, "  username: someone\n  code_competition: true\n  weights_dataset: someone/tw\n"
-                                "predict: {}\n")
+    plan = code_competition(_real_plan(tmp_path, "  username: someone\n  weights_dataset: someone/tw\n"))
     lines = []
     assert flow.push(plan, dry_run=True, log=lines.append) == 0
     assert "kaggle: internet off (code competition" in "\n".join(lines)
@@ -234,23 +233,24 @@ def test_environment_yml_installs_the_pinned_torch_from_pip():
 
 
 def test_dry_run_of_a_code_competition_writes_the_predict_kernel_kaggle_reruns(tmp_path):
-    """The submission kernel of a code competition: predict.ipynb, offline, on a GPU, reading every training
-    kernel's saved models and the ensemble kernel's weights, carrying only roadtop's notebook-floor modules."""
-    plan = _real_plan(tmp_path, "  username: someone\n  code_competition: true\n  weights_dataset: someone/tw\n"
-                                "predict: {}\n")
+    """The submission kernel of a code competition (params/paddy.yaml as shipped, its runs in GPU packs):
+    predict.ipynb, offline, on a GPU, reading every training kernel's saved models and the ensemble kernel's
+    weights, carrying only roadtop's notebook-floor modules."""
+    plan = code_competition(_real_plan(tmp_path, "  username: someone\n  weights_dataset: someone/tw\n", packs=True))
     assert flow.push(plan, dry_run=True, log=lambda s: None) == 0
-    kdir = settings.kaggle_dir(plan) / "roadtop-paddy-predict"
-    meta = json.loads((kdir / "kernel-metadata.json").read_text())
-    trains = [j for j in plan.jobs if j.stage in ("train", "multitarget")]
-    assert len(trains) == 9
+    kdir = settings.kaggle_dir(plan)
+    meta = json.loads((kdir / "roadtop-paddy-predict" / "kernel-metadata.json").read_text())
+    trains = sorted(f"someone/{p.parent.name}" for p in kdir.glob("*/kernel-metadata.json")
+                    if json.loads(p.read_text())["enable_gpu"] and p.parent.name != "roadtop-paddy-predict")
+    assert len(trains) == 5  # the 8 runs and the multi-target model, two runs a T4 x2 kernel
     assert meta["enable_internet"] is False and meta["enable_gpu"] is True
-    assert meta["kernel_sources"] == [f"someone/roadtop-paddy-{settings.slugify(j.name)}" for j in trains] + \
-        ["someone/roadtop-paddy-ensemble"]
+    assert meta["kernel_sources"] == trains + ["someone/roadtop-paddy-ensemble"]
     assert meta["competition_sources"] == ["paddy-disease-classification"]
-    nb, p = params_of((kdir / "roadtop-paddy-predict.ipynb").read_text())
+    nb, p = params_of((kdir / "roadtop-paddy-predict" / "roadtop-paddy-predict.ipynb").read_text())
     assert p["out_dir"] == "/kaggle/working" and p["ensemble_dir"] == "/kaggle/input/roadtop-paddy-ensemble"
-    assert p["run_dirs"] == [f"/kaggle/input/roadtop-paddy-{settings.slugify(j.name)}/{j.out_dir.name}"
-                             for j in trains]
+    runs = [j.out_dir.name for j in plan.jobs if j.stage in ("train", "multitarget")]
+    assert [d.rsplit("/", 1)[1] for d in p["run_dirs"]] == runs and len(runs) == 9
+    assert {d.rsplit("/", 2)[1] for d in p["run_dirs"]} == {t.split("/")[1] for t in trains}
     boot = nb.cells[1].source
     shipped = re.findall(r"_roadtop_src\['([\w.]+)'\]", boot)
     assert "model.py" in shipped and "ensemble.py" in shipped

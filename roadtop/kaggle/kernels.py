@@ -336,7 +336,7 @@ def _groups(plan, jobs: list, st, seconds: dict) -> list:
     """(kernel name, jobs) in push order: each GPU run in a pack of up to kaggle.gpus_per_session runs (probe
     estimates `seconds`: longest with longest), named pack1, pack2...; every other job a kernel of its own."""
     ordered = _ordered(jobs)
-    gpu = [j for j in ordered if st.enable_gpu and stage(j.stage).gpu]
+    gpu = [j for j in ordered if st.enable_gpu and stage(j.stage).gpu and stage(j.stage).trains]  # not predict
     if st.gpus_per_session <= 1 or not gpu:
         return [(j.name, [j]) for j in ordered]
     packs, _ = pack_runs({j.name: seconds.get(j.name) for j in gpu}, st.gpus_per_session, st.session_hours * 3600)
