@@ -14,10 +14,11 @@ import time
 
 from ..errors import RoadtopError
 from .budget import check_plan
-from .checks import check_paddy, check_runs_dirs
+from .checks import SHOWN, check_paddy, check_runs_dirs
 from .plan import DEFAULT_PLAN, load_plan, resolve_plan_data
 from .records import MANIFEST
-from .runner import prepare_data, run_plan, walk
+from .datafiles import scan
+from .runner import csv_columns, prepare_data, run_plan, walk
 from .stages import stage
 
 __all__ = ["parser", "main"]
@@ -41,12 +42,13 @@ def cmd_check(args) -> int:
     """Check the plan's data (images, train.csv, test ids) and any saved runs, before GPU time is spent."""
     plan = _plan(args)
     data = resolve_plan_data(plan)
-    probs = check_paddy(data, plan.data.get("labels"))
+    probs = check_paddy(data, plan.data.get("labels"), columns=csv_columns(plan), files=scan(data))
     runs = {j.name: j.out_dir for j in plan.jobs if stage(j.stage).member and (j.out_dir / MANIFEST).exists()}
     probs += check_runs_dirs(runs)
-    for p in probs:
+    for p in probs[:SHOWN]:
         print(p)
-    print(f"{data}: {len(probs)} problem(s); {len(runs)} saved run(s) checked")
+    more = f", the first {SHOWN} listed" if len(probs) > SHOWN else ""
+    print(f"{data}: {len(probs)} problem(s){more}; {len(runs)} saved run(s) checked")
     return 1 if probs else 0
 
 

@@ -11,7 +11,8 @@ import papermill as pm
 from ..errors import RoadtopError
 from ..paths import atomic_write
 from .budget import resolve_accum
-from .checks import cached_check, check_runs_dirs, raise_problems
+from .checks import cached_check, check_runs_dirs, raise_problems, walk_problems
+from .datafiles import scan
 from .fingerprint import data_fingerprint, fingerprint, job_parts
 from .params import notebook_params
 from .plan import resolve_plan_data
@@ -19,8 +20,8 @@ from .records import FAILED, MANIFEST, cause, job_state, record_failure
 from .report import write_report
 from .stages import stage
 
-__all__ = ["AUTOSAVE_S", "CHECKS", "Step", "execute_job", "check_data", "prepare_data", "ensemble_members",
-           "walk", "run_plan"]
+__all__ = ["AUTOSAVE_S", "CHECKS", "Step", "execute_job", "csv_columns", "check_data", "prepare_data",
+           "ensemble_members", "walk", "run_plan"]
 
 AUTOSAVE_S = 2  # papermill saves the executed notebook this often while a cell runs: watch a training cell's epochs
 CHECKS = "checks"  # under the plan's out_dir: the data-check results and the per-file hash cache
@@ -58,9 +59,14 @@ def _publish(src: Path, dst: Path):
         shutil.copyfileobj(s, f)
 
 
-def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print) -> list:
+def csv_columns(plan) -> tuple:
+    """The train.csv columns the plan's stages rely on (the stage table's csv_columns), in order, once each."""
+    return tuple(dict.fromkeys(c for j in plan.jobs for c in stage(j.stage).csv_columns))
+
+
+def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print, files=None) -> list:
     """Check the Paddy data before anything runs; returns image ids to skip (only with skip_bad), else raises."""
-    probs = cached_check(data, data_fp, plan.out_dir / CHECKS, plan.data.get("labels"))
+    probs = cached_check(data, data_fp, plan.out_dir / CHECKS, plan.data.get("labels"), csv_columns(plan), files)
     skip = sorted({p.image for p in probs if p.image}) if skip_bad else []
     fatal = [p for p in probs if not (skip_bad and p.image)]
     raise_problems(fatal, f"data check of {data}")
@@ -75,16 +81,20 @@ def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print
 def prepare_data(plan, skip_bad: bool = False, check: bool = True, log=print) -> tuple:
     """(data folder, data fingerprint) when a stage reads the Paddy data, checked first when `check`.
 
-    Without `check` the data is only checked when bad images are to be skipped, since the skip list is a
-    parameter of the runs (and so of their fingerprints).
+    The folder is walked once, for the fingerprint and the check. Without `check` the data is only checked when
+    bad images are to be skipped, since the skip list is a parameter of the runs (and so of their fingerprints);
+    what the walk itself finds (a symlink loop, a dangling link, a name that is not UTF-8) is said either way.
     """
     if not any(stage(j.stage).paddy for j in plan.jobs):
         return "(none: no stage of this plan reads the Paddy data)", ""
     skip_bad = skip_bad or bool(plan.data.get("skip_bad"))
     data = resolve_plan_data(plan)
-    data_fp = data_fingerprint(data, plan.out_dir / CHECKS)
+    files = scan(data)
+    data_fp = data_fingerprint(data, plan.out_dir / CHECKS, files)
     if check or skip_bad:
-        check_data(plan, data, data_fp, skip_bad, log)
+        check_data(plan, data, data_fp, skip_bad, log, files)
+    else:
+        raise_problems(walk_problems(files), f"data check of {data}")
     return data, data_fp
 
 

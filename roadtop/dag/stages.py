@@ -23,6 +23,7 @@ class Stage:
     member: bool = False  # its saved predictions feed the ensemble
     measures: bool = False  # measures the training stages' runs: gets their specs as `runs`; `accum: auto` reads it
     publishes: tuple = ()  # files copied to the plan's output folder when it completes
+    csv_columns: tuple = ()  # train.csv columns besides image_id it relies on (the data check requires them)
 
     @property
     def ensembles(self) -> bool:
@@ -33,8 +34,10 @@ class Stage:
 # In execution order. The probe sizes the runs, the runs feed the ensemble; collab stands alone.
 STAGES = {s.name: s for s in (
     Stage("probe", "probe.ipynb", gpu=True, paddy=True, measures=True),
-    Stage("train", "train.ipynb", ("probe",), many=True, trains=True, gpu=True, paddy=True, member=True),
-    Stage("multitarget", "multitarget.ipynb", ("probe",), trains=True, gpu=True, paddy=True, member=True),
+    Stage("train", "train.ipynb", ("probe",), many=True, trains=True, gpu=True, paddy=True, member=True,
+          csv_columns=("label",)),
+    Stage("multitarget", "multitarget.ipynb", ("probe",), trains=True, gpu=True, paddy=True, member=True,
+          csv_columns=("label", "variety")),
     Stage("collab", "collab.ipynb"),
     Stage("ensemble", "ensemble.ipynb", ("train", "multitarget"), paddy=True, publishes=("submission.csv",)),
 )}
