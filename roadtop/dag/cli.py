@@ -18,7 +18,7 @@ from .checks import SHOWN, check_paddy, check_runs_dirs
 from .plan import DEFAULT_PLAN, load_plan, resolve_plan_data
 from .records import MANIFEST
 from .datafiles import scan
-from .runner import csv_columns, prepare_data, run_plan, walk
+from .runner import check_out_dir, csv_columns, prepare_data, run_plan, walk
 from .stages import stage
 
 __all__ = ["parser", "main"]
@@ -27,6 +27,7 @@ __all__ = ["parser", "main"]
 def _plan(args):
     """The plan named by --params (with --out), checked by every check the entry point added."""
     plan = load_plan(args.params, getattr(args, "out", None))
+    check_out_dir(plan.out_dir)
     for check in getattr(args, "plan_checks", ()):  # e.g. the kaggle: section's settings, from pipeline.py
         check(plan)
     return plan
@@ -135,6 +136,11 @@ def main(argv=None, extra=(), plan_checks=(), budget_checks=()) -> int:
         return args.func(args)
     except RoadtopError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write outside any job failed (the data check's cache on a full disk, ...)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}: free space or fix permissions, then rerun (complete jobs are "
+              f"skipped)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted after {time.time() - t0:.0f}s; rerun to finish what is missing", file=sys.stderr)
