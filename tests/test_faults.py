@@ -1,14 +1,20 @@
-"""Faults while writing: a full disk mid-job, an out_dir that cannot be written. One line each,
- nothing good lost, and a rerun finishes what is missing."""
+"""Faults while writing: a full disk mid-job, an out_dir that cannot be written, two runs on one out_dir. One line
+each, nothing good lost, and a rerun finishes what is missing."""
 
 import errno
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import papermill.iorw
 import pytest
-from conftest import tiny_plan
+from conftest import ROOT, tiny_plan
 
 from roadtop.dag import cli, records
+from roadtop.dag.lock import LOCK
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +86,33 @@ def test_an_out_dir_that_is_a_file_is_one_line_before_anything(tmp_path, tiny_da
                                        f"folder: pick another --out (or out_dir in the plan)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plan.yaml"]  # nothing written
 
+
+def test_a_second_run_on_the_same_out_dir_stops_at_once_naming_the_holder_and_a_killed_ones_lock_is_taken_over(
+        tmp_path, tiny_data, capsys):
+    plan = tiny_plan(tmp_path, tiny_data, runs={"res": {"arch": "test_resnet", "epochs": 30}})
+    out, lock = tmp_path / "out", tmp_path / "out" / LOCK
+    first = subprocess.Popen([sys.executable, str(ROOT / "pipeline.py"), "run", "--params", str(plan)], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (lock.exists() and lock.read_text()):
+            assert first.poll() is None and time.time() < deadline, "the first run ended or never took the lock"
+            time.sleep(0.1)
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == first.pid and holder["command"].startswith("pipeline.py run --params")
+        t0 = time.time()
+        assert cli.main(["run", "--params", str(plan)]) == 2
+        assert time.time() - t0 < 5  # at once: no data check, no job
+        assert capsys.readouterr().err == (
+            f"error: {out} is in use by another run (pid {first.pid}, started {holder['started']} "
+            f"({holder['command']})): wait for it to end, or pass another --out\n")
+        assert not (out / "train" / "res" / "manifest.json").exists()
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the first run dies holding the lock: its file stays behind
+        first.wait()
+    assert json.loads(lock.read_text())["pid"] == first.pid
+    assert cli.main(["run", "--params", str(plan), "--only", "nothing"]) == 2  # it takes the lock, then refuses
+    out_lines = capsys.readouterr().out.splitlines()
+    assert out_lines[0] == (f"took over the lock of a run that ended without letting go (pid {first.pid}, started "
+                            f"{holder['started']} ({holder['command']})): {lock}")
+    assert not lock.exists()  # let go when the run ended

@@ -15,6 +15,7 @@ import time
 from ..errors import RoadtopError
 from .budget import check_plan
 from .checks import SHOWN, check_paddy, check_runs_dirs
+from .lock import run_lock
 from .plan import DEFAULT_PLAN, load_plan, resolve_plan_data
 from .records import MANIFEST
 from .datafiles import scan
@@ -34,9 +35,11 @@ def _plan(args):
 
 
 def cmd_run(args) -> int:
-    """Run the plan (only what is missing or changed, unless --force)."""
-    return run_plan(_plan(args), force=args.force, only=args.only, allow_partial=args.allow_partial,
-                    skip_bad=args.skip_bad)
+    """Run the plan (only what is missing or changed, unless --force), one run at a time per output folder."""
+    plan = _plan(args)
+    with run_lock(plan.out_dir):
+        return run_plan(plan, force=args.force, only=args.only, allow_partial=args.allow_partial,
+                        skip_bad=args.skip_bad)
 
 
 def cmd_check(args) -> int:
