@@ -9,9 +9,11 @@
 """
 
 import argparse
+import os
 import sys
 import time
 
+from .. import QUIET
 from ..errors import RoadtopError
 from .budget import check_plan
 from .checks import SHOWN, check_paddy, check_runs_dirs
@@ -133,6 +135,9 @@ def parser(extra=(), plan_checks=(), budget_checks=()) -> argparse.ArgumentParse
 
 def main(argv=None, extra=(), plan_checks=(), budget_checks=()) -> int:
     """Entry point: one clear line and exit code 2 on bad input."""
+    # the notebook kernels papermill starts inherit this: the same narrow filters as this process (roadtop.QUIET),
+    # a PYTHONWARNINGS the user set coming after them, so it wins
+    os.environ["PYTHONWARNINGS"] = ",".join([*QUIET, *filter(None, [os.environ.get("PYTHONWARNINGS")])])
     args = parser(extra, plan_checks, budget_checks).parse_args(argv)
     t0 = time.time()
     try:

@@ -3,11 +3,14 @@
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import papermill as pm
+from jupyter_client import AsyncKernelManager
+from traitlets.config import Config
 
 from ..errors import RoadtopError
 from ..paths import atomic_write
@@ -42,6 +45,22 @@ def check_out_dir(folder, where: str = "out_dir"):
                            f"(or out_dir in the plan), or fix its permissions")
 
 
+def _kernel_config(sockets: str):
+    """nbclient's config for a kernel that talks over Unix sockets in the folder `sockets` (its own, so kernels
+    never share one): local only, and so without ipykernel's warning that TCP between the two is unencrypted."""
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
+
+
+class _Kernel(AsyncKernelManager):
+    """nbclient's kernel manager, less the SIGINT that jupyter_client sends every kernel before asking it to shut
+    down: a kernel between two messages logs it ('KeyboardInterrupt caught in kernel') on the pipeline's stderr."""
+
+    async def _async_interrupt_kernel(self):
+        """Interrupt the kernel, unless it is being shut down (the shutdown request ends it all the same)."""
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
+
+
 def execute_job(job, fp: str, parts: dict, log=print) -> dict:
     """Run one notebook with papermill into its out_dir; manifest.json (written last) marks it complete.
 
@@ -60,9 +79,11 @@ def execute_job(job, fp: str, parts: dict, log=print) -> dict:
     except OSError as e:
         return record_failure(job, f"cannot write in {out}: {cause(e)}", notebook=executed.name)
     try:
-        pm.execute_notebook(str(job.notebook), str(running), parameters=job.params, cwd=str(job.notebook.parent),
-                            kernel_name="python3", progress_bar=True, log_output=False,
-                            autosave_cell_every=AUTOSAVE_S)
+        with tempfile.TemporaryDirectory(prefix="roadtop-kernel-") as sockets:
+            pm.execute_notebook(str(job.notebook), str(running), parameters=job.params, cwd=str(job.notebook.parent),
+                                kernel_name="python3", progress_bar=True, log_output=False,
+                                autosave_cell_every=AUTOSAVE_S, config=_kernel_config(sockets),
+                                kernel_manager_class=_Kernel)
     except OSError as e:  # papermill could not save the notebook: what it left is half-written
         running.unlink(missing_ok=True)
         return record_failure(job, cause(e), seconds=time.time() - t0, notebook=executed.name)
