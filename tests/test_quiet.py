@@ -41,3 +41,18 @@ def test_a_job_warns_nothing_and_ctrl_c_is_one_line(tmp_path, tiny_data):
     assert len(lines) == 1 and lines[0].startswith("interrupted after ") and lines[0].endswith(
         "s; rerun to finish what is missing"), err
     assert "FutureWarning" not in running.read_text() and "Warning" not in out
+
+
+def test_the_quiet_list_filters_those_warnings_only(tmp_path):
+    """A fresh interpreter that imports roadtop, then the libraries, with every other warning shown: the two
+    deprecations the libraries raise as they are imported are gone, a warning of the same kinds with another
+    message still shows."""
+    code = ("import warnings, roadtop\n"
+            "import fastai.tabular.all, timm\n"
+            "warnings.warn('`torch.jit.script` is deprecated, again', FutureWarning)\n"
+            "warnings.warn('something else is deprecated', FutureWarning)\n")
+    r = subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env={**_env(), "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    shown = [ln for ln in r.stderr.splitlines() if "Warning" in ln]
+    assert len(shown) == 1 and "FutureWarning: something else is deprecated" in shown[0], r.stderr
