@@ -1,10 +1,12 @@
 """The ensemble on hand-made arrays: weighted mean, fitted weights, k-fold bags, submission order, refusals."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
-from conftest import ROOT
+from conftest import ROOT, pipeline, tiny_plan
 
 from roadtop import blend, ensemble, paddy, preds
 from roadtop.errors import RoadtopError
@@ -429,3 +431,43 @@ def test_notebook_fits_on_out_of_fold_predictions_of_k_fold_runs(tmp_path, tiny_
     assert rec["weights"] == pytest.approx(w["greedy"].to_dict())
     assert rec["scores"] == pytest.approx(t.holdout_logloss.drop("ensemble").to_dict())
     assert rec["runs"] == {run: [f"{run}-fold{i}" for i in range(3)] for run in ("cnx", "res")}
+
+
+def test_pipeline_auto_passes_over_a_never_learning_member_counted_twice(tmp_path):
+    """Through `pipeline.py run`: run `flat` never learned (it saved the same probabilities, the training labels'
+    shares, for every image, as a network that learns nothing from the pixels ends up doing) and the plan weighs it 2.
+    auto does not submit the plan's mean, and the submission is within one holdout image of the best member.
+
+    The data are tiny_data's kind with 300 images: on its 120 no tiny model learns in seconds, so every member would
+    be as flat as `flat` and the test would show nothing."""
+    data = paddy.make_demo(tmp_path / "paddy", n_train=300, n_test=20, size=(48, 64), seed=1, progress=False)
+    runs = {"res": {"arch": "test_resnet", "epochs": 8, "lr": 0.01, "accum": 4}, "flat": {"arch": "test_resnet"}}
+    plan = tiny_plan(tmp_path, data, runs=runs, ensemble={"weights": {"flat": 2}})
+    pipeline("run", "--params", plan, "--only", *[f"train/{r}" for r in runs])
+    out = tmp_path / "out"
+    flat = preds.load_preds(out / "train" / "flat")
+    trn, _ = paddy.split_files(data, 0.1, 42)
+    shares = pd.Series([f.parent.name for f in trn]).value_counts(normalize=True).reindex(flat.vocab, fill_value=0)
+    flat.test_probs = np.tile(shares.to_numpy(), (len(flat.test_ids), 1))
+    flat.holdout_probs = np.tile(shares.to_numpy(), (len(flat.holdout_ids), 1))
+    preds.save_preds(out / "train" / "flat", flat)
+    r = pipeline("run", "--params", plan)  # the runs are complete: only the ensemble runs
+    assert "ensemble: done" in r.stdout and "train/res: done" not in r.stdout, r.stdout
+    t = pd.read_csv(out / "ensemble" / "holdout.csv").set_index("run")
+    shown = t[["holdout_accuracy", "holdout_logloss"]]
+    assert t.loc["res", "holdout_accuracy"] >= 0.6, shown  # the member that trained did learn
+    rec = ensemble.load_choice(out / "ensemble")
+    assert rec["method"] == "auto" and t.loc["flat", "weight"] == 2
+    scored = t.holdout_logloss.drop("ensemble")
+    assert rec["chosen"] == scored.idxmin() != "mean (plan weights)", shown
+    assert t.loc["ensemble", "arch"] == f"{rec['chosen']} (submission: auto, best held-out logloss)"
+    one = 1 / len(flat.holdout_ids)
+    best = t.loc[list(runs), "holdout_accuracy"].max()
+    assert t.loc["ensemble", "holdout_accuracy"] >= best - one - 1e-9, shown
+    manifest = json.loads((out / "ensemble" / "manifest.json").read_text())
+    assert {"ensemble.json", "holdout.csv", "weights.csv", "submission.csv"} <= set(manifest["outputs"])
+    w = pd.Series(rec["weights"])
+    members = [preds.load_preds(out / "train" / n) for n in w.index]
+    probs = ensemble.weighted_mean([m.test_probs for m in members], w.to_numpy())
+    sub = pd.read_csv(out / "submission.csv")  # written with the chosen candidate's weights
+    assert sub.label.tolist() == ensemble.submission(probs, flat.vocab, flat.test_ids, sub).label.tolist()
