@@ -305,7 +305,7 @@ def holdout_table(members, plan_w, fitted=None, chosen: str = "mean (plan weight
     names = [r.name for r in members]
     c = cands[chosen]
     shown = [(f.name, _DESC[f.method], f) for f in fitted.values()]
-    for run, arch, f in [*shown, ("ensemble", f"{c.name} (submission{': ' + note if note else ''})", c)]:
+    for run, arch, f in [*shown, ("ensemble", f"{c.name}{': ' + note if note else ''} (submission)", c)]:
         acc, ll = scores(f.holdout_probs)
         rows.append({"run": run, "arch": arch, "weight": float("nan"), "valid_error": float("nan"),
                      "holdout_accuracy": acc, "holdout_logloss": ll, "scored_on": f.scored_on,

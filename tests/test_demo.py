@@ -133,7 +133,7 @@ def test_auto_submits_the_candidate_with_the_best_held_out_log_loss(demo):
     assert rec["method"] == "auto" and rec["chosen"] == scored.idxmin(), scored.to_dict()
     assert t.loc["ensemble", "holdout_logloss"] == scored.min()
     assert rec["scores"] == pytest.approx(scored.to_dict())
-    arch = f"{rec['chosen']} (submission: auto, best held-out logloss)"
+    arch = f"{rec['chosen']}: auto, best held-out logloss (submission)"
     assert t.loc["ensemble", "arch"] == arch and arch in (out / "report.html").read_text()
     text = _outputs_text(out / "ensemble" / "ensemble.ipynb")
     assert f"auto: submitting {rec['chosen']!r}; held-out logloss: {rec['chosen']} {scored.min():.3f}, " in text

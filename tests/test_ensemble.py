@@ -234,7 +234,7 @@ def test_auto_submits_greedy_when_its_cross_fitted_log_loss_is_clearly_best():
     acc = ensemble.held_out_scores(cands, runs, "accuracy")
     assert ensemble.choose(cands, acc, metric="accuracy") == "greedy"  # accuracy: higher is better
     t = ensemble.holdout_table(runs, [1, 1], fitted, "greedy", "auto, best held-out logloss").set_index("run")
-    assert t.loc["ensemble", "arch"] == "greedy (submission: auto, best held-out logloss)"
+    assert t.loc["ensemble", "arch"] == "greedy: auto, best held-out logloss (submission)"
     assert t.loc["ensemble", "holdout_logloss"] == t.loc["greedy", "holdout_logloss"] == sc["greedy"]
 
 
@@ -460,7 +460,7 @@ def test_pipeline_auto_passes_over_a_never_learning_member_counted_twice(tmp_pat
     assert rec["method"] == "auto" and t.loc["flat", "weight"] == 2
     scored = t.holdout_logloss.drop("ensemble")
     assert rec["chosen"] == scored.idxmin() != "mean (plan weights)", shown
-    assert t.loc["ensemble", "arch"] == f"{rec['chosen']} (submission: auto, best held-out logloss)"
+    assert t.loc["ensemble", "arch"] == f"{rec['chosen']}: auto, best held-out logloss (submission)"
     one = 1 / len(flat.holdout_ids)
     best = t.loc[list(runs), "holdout_accuracy"].max()
     assert t.loc["ensemble", "holdout_accuracy"] >= best - one - 1e-9, shown
