@@ -3,10 +3,14 @@
 Its report.html is tested in test_report.py."""
 
 import json
+import sys
 
 import nbformat
 import pandas as pd
+import pytest
+from conftest import ROOT
 
+from roadtop.ensemble import load_choice
 from roadtop.preds import load_preds
 
 
@@ -32,7 +36,7 @@ def test_one_executed_notebook_per_job_with_its_parameters(demo):
 
 
 def test_holdout_table_agrees_with_the_prose(demo):
-    """Every image member learns (>= 0.80 on the holdout), the weighted-mean ensemble is at least as good as its best
+    """Every image member learns (>= 0.80 on the holdout), the plan's weighted mean is at least as good as its best
     member, the run counted twice is not the weakest, and the data is hard enough that no member is near perfect."""
     plan, out, _, _ = demo
     table = pd.read_csv(out / "ensemble" / "holdout.csv")
@@ -43,8 +47,8 @@ def test_holdout_table_agrees_with_the_prose(demo):
     acc = members.holdout_accuracy
     assert (acc >= 0.80).all(), acc.to_dict()
     assert acc.max() < 0.95, acc.to_dict()
-    ensemble = table.set_index("run").loc["ensemble", "holdout_accuracy"]
-    assert ensemble >= acc.max(), (ensemble, acc.to_dict())
+    mean = table.set_index("run").loc["mean (plan weights)", "holdout_accuracy"]
+    assert mean >= acc.max(), (mean, acc.to_dict())
     doubled = members[members.weight == 2]
     assert len(doubled) >= 1 and (doubled.holdout_accuracy > acc.min()).all(), acc.to_dict()
     run_dirs = json.loads((out / "ensemble" / "manifest.json").read_text())["params"]["run_dirs"]
@@ -118,3 +122,38 @@ def test_fitted_ensembles_reach_the_best_member_and_stay_within_one_image_of_the
         acc = t.loc[fitted, "holdout_accuracy"]
         assert acc >= best - 1e-9 and acc >= mean - one - 1e-9, (fitted, acc, mean, best)
         assert "cross" in t.loc[fitted, "scored_on"]
+
+
+def test_auto_submits_the_candidate_with_the_best_held_out_log_loss(demo):
+    """The `ensemble` row is the candidate (a member alone, the plan's mean, greedy, optimize) with the best held-out
+    log-loss; ensemble.json, the notebook's one line and the report say which, and a gap of an image or two to the
+    plan's mean is called noise."""
+    plan, out, _, _ = demo
+    t = pd.read_csv(out / "ensemble" / "holdout.csv").set_index("run")
+    scored = t.holdout_logloss.drop("ensemble")
+    rec = load_choice(out / "ensemble")
+    assert rec["method"] == "auto" and rec["chosen"] == scored.idxmin(), scored.to_dict()
+    assert t.loc["ensemble", "holdout_logloss"] == scored.min()
+    assert rec["scores"] == pytest.approx(scored.to_dict())
+    arch = f"{rec['chosen']}: auto, best held-out logloss (submission)"
+    assert t.loc["ensemble", "arch"] == arch and arch in (out / "report.html").read_text()
+    text = _outputs_text(out / "ensemble" / "ensemble.ipynb")
+    assert f"auto: submitting {rec['chosen']!r}; held-out logloss: {rec['chosen']} {scored.min():.3f}, " in text
+    n = len(load_preds(plan.job("multitarget").out_dir).holdout_ids)
+    gap = round((t.loc["ensemble", "holdout_accuracy"] - t.loc["mean (plan weights)", "holdout_accuracy"]) * n)
+    assert f"the submission is {gap:+d} image(s) against the plan's mean" in text
+    assert ("noise on a holdout this small" in text) == (0 < abs(gap) <= 2)
+
+
+def test_executed_ensemble_notebook_shows_no_paths_and_no_empty_outputs(demo):
+    """What the learner reads: no absolute path (a warning's or an output folder's) and no blank output."""
+    _, out, _, _ = demo
+    nb = nbformat.read(out / "ensemble" / "ensemble.ipynb", as_version=4)
+    for c in nb.cells:
+        if c.cell_type != "code" or "injected-parameters" in c.metadata.get("tags", []):
+            continue
+        for o in c.outputs:
+            text = o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+            assert text.strip() or "image/png" in o.get("data", {}), (c.source[:60], o)
+            hits = [p for p in (str(out), str(ROOT), sys.prefix, "/tmp/") if p in text]
+            assert not hits, (c.source[:60], hits, text[:300])
