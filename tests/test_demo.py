@@ -114,6 +114,30 @@ def test_collab_tells_the_lessons_story(demo):
     assert t.loc["DotProductBias, wd=0.1", "valid_mse"] < t.loc["DotProductBias", "valid_mse"]
 
 
+def test_multitarget_shows_the_loss_class_equals_the_function(demo):
+    """The executed multitarget notebook shows nn.CrossEntropyLoss()(x, y) and F.cross_entropy(x, y): one number."""
+    import re
+
+    _, out, _, _ = demo
+    nb = nbformat.read(out / "multitarget" / "multitarget.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "nn.CrossEntropyLoss()(" in c.source)
+    assert "F.cross_entropy(" in cell.source
+    text = cell.outputs[0]["data"]["text/plain"]
+    a, b = re.findall(r"tensor\(([-\d.]+)\)", text)
+    assert a == b, text
+
+
+def test_no_executed_demo_notebook_writes_a_warning(demo):
+    """Every executed notebook of the demo (each job's): no stderr output mentions a Warning."""
+    plan, out, _, _ = demo
+    for job in plan.jobs:
+        nb = nbformat.read(job.out_dir / f"{job.stage}.ipynb", as_version=4)
+        for i, c in enumerate(nb.cells):
+            for o in c.get("outputs", []):
+                if o.get("name") == "stderr":
+                    assert "Warning" not in o.get("text", ""), (job.name, i, o["text"][:300])
+
+
 def test_fitted_ensembles_reach_the_best_member_and_stay_within_one_image_of_the_mean(demo):
     """On the demo's holdout, greedy and optimize (scored by cross-fitting) are at least the best member (the notebook:
     "rarely far below its best member") and within one image of the plan-weighted mean (the holdout is small)."""
