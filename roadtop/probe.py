@@ -153,22 +153,28 @@ class StepMeter(Callback):
     order = 100  # after fastai's accumulation and mixed-precision callbacks
 
     def __init__(self, steps: int):
+        """Time `steps` optimiser steps after the warm-up one."""
         self.target = steps
 
     def before_fit(self):
+        """Start counting batches, steps and timed images from zero."""
         self.n, self.steps, self.timed, self.secs, self.imgs = 0, 0, 0, 0.0, 0
         self.last, self.started, self.cancelled = None, False, False
 
     def before_batch(self):
+        """A new batch: its step is not skipped yet."""
         self.cancelled = False
 
     def after_cancel_step(self):
+        """Note a step skipped by fp16's overflow check."""
         self.cancelled = True  # MixedPrecision skipped this step (inf/NaN gradients)
 
     def after_step(self):
+        """Count a real optimiser step."""
         self.steps += not self.cancelled
 
     def after_batch(self):
+        """Time the batch once the warm-up step is done; stop the fit after `steps` more."""
         if not self.training:
             return
         self.n += 1
