@@ -7,10 +7,14 @@
 
 import sys
 
-from roadtop.dag import cli
-from roadtop.kaggle.budget import kaggle_budget
-from roadtop.kaggle.cli import add_subcommands
-from roadtop.kaggle.settings import settings
+try:  # torch, fastai and timm take seconds to import: a Ctrl-C then is one line too
+    from roadtop.dag import cli
+    from roadtop.kaggle.budget import kaggle_budget
+    from roadtop.kaggle.cli import add_subcommands
+    from roadtop.kaggle.settings import settings
+except KeyboardInterrupt:
+    print("interrupted while starting; nothing was run", file=sys.stderr)
+    sys.exit(130)
 
 
 def _kaggle(sub):

@@ -2,8 +2,9 @@
 
     python bench/collab.py DATA_DIR [--seed N] [--threads N] [--models surprise,fastai,roadtop] [--out results.csv]
 
-DATA_DIR is any folder holding MovieLens `u.data` (a real ml-100k folder, or `outputs/data/ml-100k-demo` made by
-`roadtop.movielens.make_movielens`), or `demo` (that generated set, made if absent) or `download` (fastai's copy). RMSE is on the held-out 20 %, predictions clipped to 1..5 for all three;
+DATA_DIR is any folder holding MovieLens `u.data` (a real ml-100k folder, or one made by
+`roadtop.movielens.make_movielens`), or `demo` (the notebook's small generated set, `movielens.DEMO`, made if absent)
+or `download` (fastai's copy). RMSE is on the held-out 20 %, predictions clipped to 1..5 for all three;
 "fit s" is wall time of the training call (data preparation included for Surprise and roadtop, as each needs its
 own; for fastai the DataLoaders are built outside the timer).
 """

@@ -2,9 +2,9 @@
 """GPU check of the memory probe: Lesson 7's five big runs under an emulated 16 GiB budget, on one GPU.
 
 For each of convnext_large 224 and 320x240, vit_large 224, swinv2_large 192 and swin_large 224 (random weights,
-pretrained=False: no internet needed) it runs roadtop.probe's probe (fp16, accum 1, 2, 4, 8 until one fits under
-budget - margin) on generated 480x640 JPEGs in the Paddy layout, then trains ~20 batches at the chosen accum under
-the same cap to show the choice really fits. Prints (and writes to --out) a table: run, accum chosen, probe peak,
+pretrained=False: no internet needed) it runs notebooks/probe.ipynb (its train(), fp16, accum 1, 2, 4, 8 until one fits
+under budget - margin) on generated 480x640 JPEGs in the Paddy layout, then runs it again for ~20 batches at the
+chosen accum under the same cap to show the choice really fits. Prints (and writes to --out) a table: run, accum chosen, probe peak,
 real peak, seconds of probing, seconds per image, and the lesson's process-total MB at bs 32 for comparison.
 
     python bench/gpu_check.py --out DIR            # on a GPU machine; about 4-6 minutes on one H100
@@ -64,9 +64,10 @@ def main(argv=None) -> int:
     import timm
     import torch
 
-    from roadtop import accum as accums
-    from roadtop import probe
-    from roadtop.paddy import make_demo, split_files
+    import papermill as pm
+
+    from roadtop.paddy import make_demo
+    from roadtop.paths import NOTEBOOKS
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,46 +75,48 @@ def main(argv=None) -> int:
     a.real_batches = a.real_batches or (4 if a.tiny else 20)
     size = (96, 128) if a.tiny else (480, 640)
     data = make_demo(Path(a.data or out) / f"data-{size[0]}x{size[1]}", n_train=300, n_test=8, size=size, seed=0, progress=False)
-    files, _ = split_files(data, 0.0, 0)
-    probe_files = probe.probe_files(files, 0, probe.images_needed(a.steps))
-    info = probe.device_info()
-    info["emulated_fraction"] = probe.emulate_budget(a.budget)
     versions = {"torch": torch.__version__, "timm": timm.__version__, "fastai": fastai.__version__,
                 "python": platform.python_version()}
-    print(f"{info} {versions}; data {len(files)} images {size}, ready in {time.time() - t_start:.0f}s", flush=True)
+    specs = {name: {"arch": arch, "item_method": "squish", "item_size": item_size, "size": sz}
+             for name, (arch, item_size, sz, _) in runs.items()}
 
-    def fits(r):
-        return accums.trial_fits(r, a.budget, a.margin)
+    def probe_nb(folder, runs, accums, steps):
+        """Execute the probe notebook on `runs`; its probe.json."""
+        folder.mkdir(parents=True, exist_ok=True)
+        pm.execute_notebook(str(NOTEBOOKS / "probe.ipynb"), str(folder / "probe.ipynb"), cwd=str(NOTEBOOKS),
+                            parameters=dict(data_path=str(data), out_dir=str(folder), runs=runs, accums=accums,
+                                            steps=steps, holdout_pct=0.0, gpu_budget_gb=a.budget,
+                                            margin_gb=a.margin), kernel_name="python3", progress_bar=False)
+        return json.loads((folder / "probe.json").read_text())
 
+    t0 = time.time()
+    probed = probe_nb(out / "probe", specs, [1, 2, 4, 8], a.steps)
+    probe_s = time.time() - t0
+    info = {k: probed.get(k) for k in ("device", "gpu_total_gb", "outside_torch_gb", "emulated_fraction")}
+    chosen = {n: r["accum"] for n, r in probed["runs"].items() if r["accum"] is not None}
+    real = {}
+    if chosen and time.time() - t_start < a.deadline:
+        real = probe_nb(out / "real", {n: {**specs[n], "accum": acc} for n, acc in chosen.items()},
+                        sorted(set(chosen.values())), max(1, a.real_batches // min(chosen.values())))["runs"]
     rows = []
-    for name, (arch, item_size, sz, lesson_mb) in runs.items():
-        if time.time() - t_start > a.deadline:
-            rows.append({"run": name, "arch": arch, "skipped": "deadline"})
-            print(f"{name}: skipped, past the {a.deadline:.0f}s deadline", flush=True)
-            continue
-        spec = {"arch": arch, "item_method": "squish", "item_size": item_size, "size": sz}
-        t0 = time.time()
-        trials = probe.probe_run(spec, [1, 2, 4, 8], lambda acc, s=spec: probe.probe_trial(
-            data, probe_files, s, acc, steps=a.steps), fits)
-        probe_s = time.time() - t0
-        accum, why = accums.choose_accum(trials, a.budget, a.margin)
-        chosen = next((t for t in trials if t["accum"] == accum), None)
-        real = None
-        if accum is not None:
-            real = probe.probe_trial(data, files, spec, accum, steps=1, batches=accum + a.real_batches)
-        rows.append({"run": name, "arch": arch, "size": sz, "accum": accum, "why": why,
-                     "probe_peak_gb": chosen and chosen["peak_reserved_gb"],
-                     "probe_alloc_gb": chosen and chosen["peak_allocated_gb"],
-                     "real_peak_gb": real and real["peak_reserved_gb"], "real_status": real and real["status"],
-                     "real_batches": real and real.get("batches"), "real_error": real and real["error"],
-                     "probe_seconds": round(probe_s, 1), "real_seconds": real and real["seconds"],
-                     "s_per_img": real and real["s_per_img"], "lesson_mb_bs32": lesson_mb,
+    for name, (arch, _, sz, lesson_mb) in runs.items():
+        r = probed["runs"][name]
+        trials, accum = r["trials"], r["accum"]
+        pick = next((t for t in trials if t["accum"] == accum), None)
+        got = next((t for t in real.get(name, {}).get("trials", []) if t["accum"] == accum), None)
+        rows.append({"run": name, "arch": arch, "size": sz, "accum": accum, "why": r["reason"],
+                     "probe_peak_gb": pick and pick["peak_reserved_gb"],
+                     "probe_alloc_gb": pick and pick["peak_allocated_gb"],
+                     "real_peak_gb": got and got["peak_reserved_gb"], "real_status": got and got["status"],
+                     "real_batches": got and got.get("batches"), "real_error": got and got["error"],
+                     "probe_seconds": round(sum(t["seconds"] or 0 for t in trials), 1),
+                     "real_seconds": got and got["seconds"], "s_per_img": got and got["s_per_img"],
+                     "lesson_mb_bs32": lesson_mb,
                      "trials": [{k: t[k] for k in ("accum", "status", "peak_reserved_gb", "seconds", "error")}
                                 for t in trials]})
-        r = rows[-1]
-        print(f"{name}: accum {accum} ({why}); real {r['real_status']} peak {fmt(r['real_peak_gb'])} GiB; "
-              f"probe {probe_s:.0f}s; trials {[(t['accum'], t['status'], t['peak_reserved_gb']) for t in trials]}",
-              flush=True)
+        print(f"{name}: accum {accum} ({r['reason']}); real {rows[-1]['real_status']} peak "
+              f"{fmt(rows[-1]['real_peak_gb'])} GiB", flush=True)
+    print(f"probing took {probe_s:.0f}s", flush=True)
 
     head = ("| run | accum chosen | probe peak GiB (reserved / allocated) | real peak GiB (status, batches) | "
             "seconds of probing | real s/img | lesson MB at bs 32 (process, P100) |")

@@ -24,6 +24,10 @@ import torch
 
 from .errors import RoadtopError
 
+# fastai's TabularPandas turns pandas 3's read-only (copy-on-write) columns into tensors, and torch warns once that
+# writing to them would be undefined; fastai never writes to them. Narrowly: only this message.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
 __all__ = [
     "sample_ratings",
     "rmse",

@@ -1,5 +1,7 @@
-"""Ensembling saved runs: agreement checks, k-fold bags, fitted weights, submission, holdout table."""
+"""Ensembling saved runs: agreement checks, k-fold bags, fitted weights, the choice, submission, holdout table."""
 
+import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,22 +15,32 @@ from .paths import atomic_write
 from .preds import RunPreds, error
 
 __all__ = [
+    "CHOICE",
     "FOLD_RE",
+    "METHODS",
     "Fitted",
     "bag_folds",
+    "candidates",
     "check_runs",
+    "choose",
     "class_index",
     "confusion",
     "fit_ensembles",
     "fold_name",
+    "held_out_scores",
     "holdout_table",
+    "load_choice",
     "oof_set",
     "run_weights",
+    "save_choice",
     "submission",
     "weighted_mean",
     "weights_frame",
     "write_csv",
 ]
+
+METHODS = ("auto", *blend.METHODS)  # what the notebook's `method` may be: auto picks by the holdout
+CHOICE = "ensemble.json"  # the submitted ensemble, its weights and the scores it was chosen on
 
 FOLD_RE = re.compile(r"^(?P<run>.+)-fold(?P<fold>\d+)$")  # a k-fold job's run name: <run>-fold<i>
 
@@ -59,14 +71,17 @@ class Fitted:
     """One ensemble: its final weights (sum 1) and its holdout predictions from weights not fitted on those images."""
 
     name: str  # its row in the holdout table
-    method: str  # mean | greedy | optimize
+    method: str  # member (one run alone) | mean | greedy | optimize
     weights: np.ndarray
     holdout_probs: np.ndarray
     scored_on: str  # how holdout_probs were made honest
     fold_weights: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # per cross-fitting fold
 
 
-_DESC = {"mean": "weighted mean", "greedy": "greedy selection", "optimize": "optimised weights"}
+_DESC = {"member": "member alone", "mean": "plan-weighted mean (the lesson's ensemble)",
+         "greedy": "greedy selection", "optimize": "optimised weights"}
+_SIMPLER = ("mean", "greedy", "optimize")  # after a member alone, the order ties go in: fewest fitted weights first
+_TIE = 1e-9  # scores this close are equal (a blend of identical members differs from them in the last bits)
 
 
 def bag_folds(runs) -> list:
@@ -150,19 +165,24 @@ def _plan_mean(members, plan_w) -> Fitted:
                   "holdout")
 
 
-def fit_ensembles(members, plan_w, method: str = "mean", metric: str = "logloss", cv_folds: int = 5,
+def _check_method(method: str, metric: str):
+    """Refuse an unknown method or metric, naming the known ones."""
+    if method not in METHODS:
+        raise RoadtopError(f"ensemble method '{method}' is unknown: use one of {', '.join(METHODS)}")
+    if metric not in blend.METRICS:
+        raise RoadtopError(f"ensemble metric '{metric}' is unknown: use one of {', '.join(blend.METRICS)}")
+
+
+def fit_ensembles(members, plan_w, method: str = "auto", metric: str = "logloss", cv_folds: int = 5,
                   cv_seed: int = 0, fit_on: str = "auto", rounds: int = 20) -> dict:
     """Every ensemble, keyed by method: `mean` (the plan's weights) and, where there is data to fit on, `greedy`
-    and `optimize`.
+    and `optimize` (an explicit `method` that cannot be fitted is refused; `auto` takes what there is).
 
     Fitted weights come from the members' out-of-fold predictions (fit_on oof, or auto when every member has them;
     the whole holdout is then a pure test), else from the holdout by k-fold cross-fitting (scored on the part left
     out of each fit, then refitted on the whole holdout for the submission).
     """
-    if method not in blend.METHODS:
-        raise RoadtopError(f"ensemble method '{method}' is unknown: use one of {', '.join(blend.METHODS)}")
-    if metric not in blend.METRICS:
-        raise RoadtopError(f"ensemble metric '{metric}' is unknown: use one of {', '.join(blend.METRICS)}")
+    _check_method(method, metric)
     if fit_on not in ("auto", "oof", "holdout"):
         raise RoadtopError(f"fit_on='{fit_on}' is unknown: use auto, oof or holdout")
     hold = [r.holdout_probs for r in members]
@@ -182,7 +202,7 @@ def fit_ensembles(members, plan_w, method: str = "mean", metric: str = "logloss"
             probs, fw = blend.cross_fit(m, hold, y, cv_folds, cv_seed, **kw)
             out[m] = Fitted(m, m, blend.fit_weights(m, hold, y, **kw), probs,
                             f"holdout, cross-fitted ({cv_folds} folds)", fw)
-    if method not in out:
+    if method != "auto" and method not in out:
         raise RoadtopError(f"method '{method}' needs images to fit weights on: {len(y)} holdout image(s) is too few "
                            f"for {cv_folds}-fold cross-fitting: raise holdout_pct, train with folds: k, or use mean")
     return out
@@ -213,16 +233,63 @@ def submission(probs, vocab, test_ids, sample: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"image_id": ids, "label": labels.loc[ids].to_numpy()})
 
 
-def holdout_table(members, plan_w, fitted=None, method: str = "mean") -> pd.DataFrame:
-    """Each member, then each ensemble (with its weights), then the `ensemble` row: the one `method` submits.
+def candidates(members, fitted) -> dict:
+    """Every candidate for the submission, keyed by its row in the holdout table: each member alone (one-hot
+    weights), then the ensembles of `fitted`."""
+    ens = {f.name: f for f in fitted.values()}
+    clash = sorted({r.name for r in members} & {*ens, "ensemble"})
+    if clash:
+        raise RoadtopError(f"run name(s) {clash} are also names of ensemble rows: rename the run(s)")
+    one = np.eye(len(members))
+    alone = {r.name: Fitted(r.name, "member", one[i], np.asarray(r.holdout_probs, np.float64), "holdout")
+             for i, r in enumerate(members)}
+    return {**alone, **ens}
+
+
+def held_out_scores(cands, members, metric: str = "logloss") -> dict:
+    """Each candidate's `metric` (logloss or accuracy) on its honest holdout predictions (NaN without a holdout)."""
+    y = class_index(members[0].vocab, members[0].holdout_labels)
+    score = blend.log_loss if metric == "logloss" else blend.accuracy
+    return {n: score(c.holdout_probs, y) if len(y) else float("nan") for n, c in cands.items()}
+
+
+def choose(cands, scores: dict, method: str = "auto", metric: str = "logloss") -> str:
+    """The candidate to submit: the ensemble `method` names, or (auto) the best held-out score by `metric`.
+
+    Ties go to the simpler: a member alone when it is the only member among the tied; else the mean, greedy, then
+    optimize (several identical members tie with their mean); else the first tied member in plan order. Without a
+    holdout to judge by, auto submits the plan's mean.
+    """
+    _check_method(method, metric)
+    by = {c.method: n for n, c in cands.items() if c.method != "member"}
+    if method != "auto":
+        if method not in by:
+            raise RoadtopError(f"ensemble method '{method}' was not fitted: pick one of {sorted(by)}")
+        return by[method]
+    sign = 1 if metric == "logloss" else -1  # lower is better
+    ok = {n: sign * s for n, s in scores.items() if n in cands and not math.isnan(s)}
+    if not ok:
+        return by["mean"]
+    best = min(ok.values())
+    tied = [n for n, s in ok.items() if s <= best + _TIE]
+    alone = [n for n in tied if cands[n].method == "member"]
+    if len(alone) == 1:
+        return alone[0]
+    return next((by[m] for m in _SIMPLER if by.get(m) in tied), alone[0] if alone else tied[0])
+
+
+def holdout_table(members, plan_w, fitted=None, chosen: str = "mean (plan weights)", note: str = "") -> pd.DataFrame:
+    """Each member, then each ensemble (with its weights), then the `ensemble` row: candidate `chosen` (a member or
+    an ensemble row's name), submitted; `note` says how it was chosen.
 
     Members are scored on the whole holdout; an ensemble on its honest holdout predictions (see fit_ensembles).
     """
     vocab, labels = members[0].vocab, members[0].holdout_labels
     y = class_index(vocab, labels)
     fitted = fitted or {"mean": _plan_mean(members, plan_w)}
-    if method not in fitted:
-        raise RoadtopError(f"ensemble method '{method}' was not fitted: pick one of {sorted(fitted)}")
+    cands = candidates(members, fitted)
+    if chosen not in cands:
+        raise RoadtopError(f"'{chosen}' is not a candidate for the submission: pick one of {sorted(cands)}")
 
     def scores(p):
         """Accuracy and log-loss on the holdout (NaN when there is none)."""
@@ -236,8 +303,9 @@ def holdout_table(members, plan_w, fitted=None, method: str = "mean") -> pd.Data
         rows.append({"run": r.name, "arch": r.arch, "weight": float(wi), "valid_error": r.valid_error,
                      "holdout_accuracy": acc, "holdout_logloss": ll, "scored_on": "holdout", "weights": ""})
     names = [r.name for r in members]
+    c = cands[chosen]
     shown = [(f.name, _DESC[f.method], f) for f in fitted.values()]
-    for run, arch, f in [*shown, ("ensemble", f"{fitted[method].name} (submission)", fitted[method])]:
+    for run, arch, f in [*shown, ("ensemble", f"{c.name}{': ' + note if note else ''} (submission)", c)]:
         acc, ll = scores(f.holdout_probs)
         rows.append({"run": run, "arch": arch, "weight": float("nan"), "valid_error": float("nan"),
                      "holdout_accuracy": acc, "holdout_logloss": ll, "scored_on": f.scored_on,
@@ -245,26 +313,11 @@ def holdout_table(members, plan_w, fitted=None, method: str = "mean") -> pd.Data
     return pd.DataFrame(rows)
 
 
-def write_csv(df: pd.DataFrame, path):
-    """Write a CSV atomically."""
-    with atomic_write(path) as f:
-        df.to_csv(f, index=False)
-    return path
-
-
-CHOICE = "ensemble.json"  # the submitted ensemble: its weights per member and the runs making each member
-
-
-def save_choice(out_dir, members, fitted: dict, method: str, metric: str = "") -> Path:
-    """Write ensemble.json atomically: the method, the chosen ensemble, its weights and each member's runs."""
-    import json
-    import math
-
-    table = holdout_table(members, fitted[method].weights, fitted, method)
-    scores = {r["run"]: r["holdout_accuracy"] for _, r in table.iterrows() if r["run"] in fitted}
-    rec = {"method": method, "chosen": method, "metric": metric,
+def save_choice(out_dir, members, cands, chosen: str, method: str, metric: str, scores: dict) -> Path:
+    """Write ensemble.json atomically: method, chosen candidate, scores, its weights, each member's runs."""
+    rec = {"method": method, "chosen": chosen, "metric": metric,
            "scores": {n: None if math.isnan(s) else float(s) for n, s in scores.items()},
-           "weights": {r.name: float(w) for r, w in zip(members, fitted[method].weights)},
+           "weights": {r.name: float(w) for r, w in zip(members, cands[chosen].weights)},
            "runs": {r.name: list(r.meta.get("folds") or [r.name]) for r in members}}
     f = Path(out_dir) / CHOICE
     with atomic_write(f) as fh:
@@ -274,17 +327,25 @@ def save_choice(out_dir, members, fitted: dict, method: str, metric: str = "") -
 
 def load_choice(out_dir) -> dict:
     """Read ensemble.json (see save_choice); one clear error if it is missing or not what save_choice writes."""
-    import json
-
     f = Path(out_dir) / CHOICE
     if not f.exists():
         raise RoadtopError(f"{f} is missing: run the ensemble notebook (or `python pipeline.py run`) first")
     try:
         rec = json.loads(f.read_text())
         ok = (isinstance(rec, dict) and {"method", "chosen", "metric", "scores", "weights", "runs"} <= set(rec)
-              and set(rec["weights"]) == set(rec["runs"]))
+              and rec["chosen"] in rec["scores"] and set(rec["weights"]) == set(rec["runs"])
+              and all(isinstance(w, (int, float)) and w >= 0 for w in rec["weights"].values())
+              and all(isinstance(v, list) and v for v in rec["runs"].values()))
     except (OSError, ValueError):
         ok = False
     if not ok:
         raise RoadtopError(f"{f} is unreadable or incomplete: rerun the ensemble notebook to rewrite it")
     return rec
+
+
+def write_csv(df: pd.DataFrame, path):
+    """Write a CSV atomically."""
+    with atomic_write(path) as f:
+        df.to_csv(f, index=False)
+    return path
+

@@ -23,6 +23,7 @@ __all__ = [
     "load_movielens",
     "find_ml100k",
     "resolve_data",
+    "DEMO",
 ]
 
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -33,6 +34,9 @@ _GENRE_SHARES = [0.001, 0.149, 0.080, 0.025, 0.073, 0.300, 0.065, 0.030, 0.431, 
 # Ratings per movie, as a quantile function through the real set's facts: 333 movies < 5, quartiles 6/27/80,
 # max 583; the 0.90/0.99 knots make the total 100k with the top 10 % of movies holding 42.7 % of ratings.
 _MOVIE_KNOTS = ([0, 0.198, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0], [1, 4.5, 6, 27, 80, 164, 320, 583])
+# The demo set: fewer users and movies than the real 100k (each model trains in seconds on a CPU) and a stronger taste
+# signal, so that the lesson's story shows on it as on the real ratings (figures in the README).
+DEMO = dict(n_users=400, n_items=800, n_ratings=20_000, taste=0.7, noise=0.7)
 _T0, _T1 = 874724710, 893286638  # first and last timestamp of the real u.data
 _ADJ = ["Silent", "Lost", "Last", "Dark", "Golden", "Wild", "Little", "Secret", "Broken", "Crimson", "Frozen", "Hidden",
         "Endless", "Midnight", "Burning", "Quiet", "Electric", "Savage", "Sweet", "Distant", "Final", "Hollow", "Lucky",
@@ -118,7 +122,7 @@ def _write_item(f, rng, q, n_items):
         f.write("|".join([str(i + 1), titles[i], date, "", url, *map(str, flags[i].astype(int))]) + "\n")
 
 
-def _ratings(rng, mask, popularity, k=10):
+def _ratings(rng, mask, popularity, k=10, taste=0.36, noise=0.86):
     """Integer ratings for the True cells of `mask`: biases + low-rank taste + noise, cut at the real rating shares."""
     n_users, n_items = mask.shape
     scale = 1 / np.sqrt(np.arange(1, k + 1))  # a few strong taste dimensions, then weaker ones
@@ -129,12 +133,13 @@ def _ratings(rng, mask, popularity, k=10):
     pop = (pop - pop.mean()) / pop.std()
     b_item = 0.35 * pop + rng.normal(0, 0.65, n_items) * np.exp(-0.2 * pop)  # popular: higher, rare: more extreme
     u, i = np.nonzero(mask)
-    z = b_user[u] + b_item[i] + 0.36 * (p[u] * q[i]).sum(1) + rng.normal(0, 0.86, len(u))
+    z = b_user[u] + b_item[i] + taste * (p[u] * q[i]).sum(1) + rng.normal(0, noise, len(u))
     cuts = np.quantile(z, np.cumsum(RATING_SHARES)[:-1])
     return u, i, 1 + np.searchsorted(cuts, z), q
 
 
-def make_movielens(dest, seed: int = 42, n_users: int = 943, n_items: int = 1682, n_ratings: int = 100_000) -> Path:
+def make_movielens(dest, seed: int = 42, n_users: int = 943, n_items: int = 1682, n_ratings: int = 100_000,
+                   taste: float = 0.36, noise: float = 0.86) -> Path:
     """Write a MovieLens-100k look-alike (`u.data`, `u.item`) to `dest` unless it is there; deterministic in `seed`."""
     dest = Path(dest)
     if (dest / "u.data").is_file() and (dest / "u.item").is_file():
@@ -146,7 +151,7 @@ def make_movielens(dest, seed: int = 42, n_users: int = 943, n_items: int = 1682
     per_user = _user_counts(rng, n_users, n_ratings, n_items)
     target = _movie_weights(rng, n_items, n_ratings)
     mask = _pick_movies(rng, per_user, target)
-    u, i, r, q = _ratings(rng, mask, target)
+    u, i, r, q = _ratings(rng, mask, target, taste=taste, noise=noise)
     start = rng.integers(_T0, _T1 - 86400 * 30, n_users)
     span = np.minimum(rng.exponential(86400 * 40, n_users), _T1 - start)
     ts = start[u] + (rng.random(len(u)) * span[u]).astype(np.int64)
@@ -260,10 +265,11 @@ def find_ml100k(folder) -> Path:
     raise RoadtopError(f"{folder}: no u.data in this {where}; use data='demo', 'download' or an ml-100k folder")
 
 
-def resolve_data(data: str = "demo", seed: int = 42) -> Path:
-    """The notebook's `data` param → an ml-100k folder: 'demo' (generated), 'download' (fastai), or a path."""
+def _find(data: str, seed: int) -> Path:
+    """The folder `data` names: the generated demo (made if absent), fastai's download, or a path."""
     if data == "demo":
-        return make_movielens(default_out("data", "ml-100k-demo"), seed=seed)
+        spec = "-".join(f"{v:g}" for v in DEMO.values())
+        return make_movielens(default_out("data", f"movielens-demo-{seed}-{spec}"), seed=seed, **DEMO)
     if data == "download":
         from fastai.data.external import URLs, untar_data
 
@@ -272,3 +278,11 @@ def resolve_data(data: str = "demo", seed: int = 42) -> Path:
     if not path.exists() and not path.is_absolute() and (KAGGLE_INPUT / path).exists():
         path = KAGGLE_INPUT / path  # a Kaggle dataset slug such as 'movielens-100k-dataset'
     return find_ml100k(path)
+
+
+def resolve_data(data: str = "demo", seed: int = 42) -> Path:
+    """The notebook's `data` param → an ml-100k folder whose u.data and u.item pass `load_movielens`'s checks:
+    'demo' (generated), 'download' (fastai), or a path."""
+    folder = _find(data, seed)
+    load_movielens(folder)
+    return folder

@@ -1,14 +1,13 @@
-"""Lesson 7's memory probe, mechanics only: train a run for a few batches at an accum, read peak GPU memory and speed.
+"""Lesson 7's memory probe, mechanics only: read peak GPU memory, time training steps, catch out-of-memory.
 
-A *trial* trains one run (arch, item transform, size) for a few batches at one gradient-accumulation setting
-(`bs = 64 // accum`) on a small subset and records peak GPU memory and seconds per image. An out-of-memory is caught
-and recorded as "does not fit". `choose_accum` picks the smallest accum that fits the budget with a margin.
+The probe notebook trains each run of the plan for a moment (its `train()`), one *trial* per accum (`bs = 64 //
+accum`); this module holds what is not the lesson's code: the 16 GB emulation, `report_gpu` (peak memory), a
+callback that times a few optimiser steps and stops the fit, the out-of-memory guard, the record, the chart.
 """
 
 import gc
 import json
 import math
-import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,32 +16,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from fastai.callback.core import Callback, CancelBatchException, CancelFitException
+from fastai.callback.core import Callback, CancelFitException
 from fastai.torch_core import find_bs
-from fastai.vision.all import (
-    CategoryBlock,
-    DataBlock,
-    ImageBlock,
-    RandomSplitter,
-    Resize,
-    aug_transforms,
-    parent_label,
-    vision_learner,
-)
-from fastprogress.fastprogress import progress_bar
 
-from .accum import EFFECTIVE_BS, GIB, PROBE_JSON, check_accum, choose_accum, trial_fits
-from .errors import RoadtopError
+from .accum import EFFECTIVE_BS, GIB, PROBE_JSON, trial_fits
 from .paths import atomic_write
-from .train import channels_first
-from .train import num_workers as default_workers
 
-__all__ = ["DEMO_RUNS", "PROBE_CSV", "PROBE_PNG", "PROBE_VALID_PCT", "budget_fraction", "device_info", "emulate_budget", "free_memory", "guarded_trial", "images_needed", "is_oom", "plot_probe", "probe_all", "probe_files", "probe_result", "probe_run", "probe_trial", "save_probe", "trials_frame"]
+__all__ = ["DEMO_RUNS", "PROBE_CSV", "PROBE_PNG", "PROBE_VALID_PCT", "StepMeter", "accums_for", "budget_fraction",
+           "device_info", "emulate_budget", "enough", "guarded_trial", "images_needed", "infer_seconds", "is_oom",
+           "plot_probe", "probe_result", "report_gpu", "reset_peak", "same_spec", "save_probe", "trials_frame"]
 
 PROBE_CSV, PROBE_PNG = "probe.csv", "probe.png"
 
 
-PROBE_VALID_PCT = 0.2  # the probe splits its subset like a training run does
+PROBE_VALID_PCT = 0.2  # the probe's train() splits its images like a training run does
 
 
 DEMO_RUNS = {"convnext_squish": {"arch": "test_convnext", "item_method": "squish", "item_size": 128, "size": 64}}
@@ -77,13 +64,23 @@ def device_info() -> dict:
             "outside_torch_gb": round(outside, 3)}
 
 
-def free_memory():
-    """Drop what the last trial left: collect garbage, empty CUDA's cache, reset the peak counters."""
-    gc.collect()
+def reset_peak():
+    """Start a trial's peak-memory count from now (nothing to do on CPU)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def report_gpu(log=print) -> dict:
+    """The lesson's `report_gpu`: peak GPU memory since `reset_peak`, GiB, printed; None values on CPU."""
+    if not torch.cuda.is_available():
+        return {"peak_reserved_gb": None, "peak_allocated_gb": None}
+    _sync()
+    peak = {"peak_reserved_gb": round(torch.cuda.max_memory_reserved() / GIB, 3),
+            "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / GIB, 3)}
+    if log:
+        log(f"peak GPU memory: {peak['peak_reserved_gb']:.2f} GiB reserved, {peak['peak_allocated_gb']:.2f} allocated")
+    return peak
 
 
 def is_oom(e: BaseException) -> bool:
@@ -93,15 +90,16 @@ def is_oom(e: BaseException) -> bool:
 
 
 def _sync():
+    """Wait for the GPU's queued work, so times and peaks are complete (nothing on CPU)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
-def guarded_trial(fn, accum: int, cleanup=None) -> dict:
+def guarded_trial(fn, accum: int) -> dict:
     """Run `fn() -> dict` as one trial: an out-of-memory becomes status 'oom', any other error status 'error'.
 
-    Memory is freed after the trial either way (outside the `except`, so the traceback no longer pins tensors).
-    """
+    The caller frees memory after it (`gc.collect()`, `torch.cuda.empty_cache()`): the exception is gone by then,
+    so its traceback no longer pins the trial's tensors."""
     rec = {"accum": accum, "bs": EFFECTIVE_BS // accum, "status": "ok", "peak_reserved_gb": None,
            "peak_allocated_gb": None, "s_per_img": None, "s_per_img_infer": None, "seconds": None, "error": ""}
     t0 = time.perf_counter()
@@ -110,131 +108,93 @@ def guarded_trial(fn, accum: int, cleanup=None) -> dict:
     except Exception as e:  # noqa: BLE001 - a trial that fails must not stop the probe
         rec["status"] = "oom" if is_oom(e) else "error"
         rec["error"] = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        _leave_autocast()
     rec["seconds"] = round(time.perf_counter() - t0, 3)
-    (cleanup or free_memory)()
     return rec
 
 
-def probe_files(files, n: int = 0, need: int = 0, seed: int = 0) -> list:
-    """The probe's images: the smallest class (lesson: bacterial_panicle_blight) or `n` random ones, topped up
-    from the other classes to `need` images so every trial gets its full batches."""
-    files = list(files)
-    if n:
-        pick = random.Random(seed).sample(files, min(n, len(files)))
-    else:
-        by = {}
-        for f in files:
-            by.setdefault(Path(f).parent.name, []).append(f)
-        if not by:
-            raise RoadtopError("probe_files: no training images to probe on: check data_path")
-        smallest = min(by, key=lambda k: (len(by[k]), k))
-        pick = sorted(by[smallest])
-    if len(pick) < need:
-        chosen = set(map(str, pick))
-        rest = [f for f in files if str(f) not in chosen]
-        random.Random(seed).shuffle(rest)
-        pick += rest[:need - len(pick)]
-    return pick
+def _leave_autocast():
+    """An error inside fastai's MixedPrecision can leave CUDA autocast on: turn it off for the next trial."""
+    if torch.cuda.is_available() and torch.is_autocast_enabled("cuda"):
+        torch.set_autocast_enabled("cuda", False)
 
 
 def images_needed(steps: int) -> int:
-    """Images a subset needs so its training split holds (1 + steps) batches of 64 (warm-up + measured)."""
+    """Images a trial needs so its training split holds (1 + steps) batches of 64 (warm-up + measured)."""
     return math.ceil((1 + steps) * EFFECTIVE_BS / (1 - PROBE_VALID_PCT)) + 1
 
 
-def _dataloaders(path, files, spec: dict, accum: int, num_workers):
-    """The training notebook's DataLoaders for a trial: the run's item Resize and aug_transforms, bs 64 // accum."""
-    size = spec.get("size", 64)
-    item_size = spec.get("item_size", 128)
-    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=lambda _: list(files), get_y=parent_label,
-                       splitter=RandomSplitter(PROBE_VALID_PCT),
-                       item_tfms=Resize(item_size if isinstance(item_size, int) else tuple(item_size),
-                                        method=spec.get("item_method", "squish")),
-                       batch_tfms=aug_transforms(size=size if isinstance(size, int) else tuple(size), min_scale=0.75))
-    workers = default_workers() if num_workers is None else num_workers
-    return dblock.dataloaders(Path(path), bs=EFFECTIVE_BS // accum, num_workers=workers)
+def accums_for(spec: dict, accums) -> list:
+    """The accums to try for a run, smallest first: the probe's list plus the run's own explicit accum."""
+    return sorted({*accums, *([spec["accum"]] if "accum" in spec else [])})
 
 
-class _StepEvery(Callback):
-    """One optimiser step per `accum` batches: the step pattern (hence memory and time) of gradient accumulation.
+def enough(trials: list, spec: dict, stop_at_fit: bool, budget_gb: float, margin_gb: float) -> bool:
+    """Stop a run's accum loop: after an error (another accum will not help), or at the first fit once the
+    run's own accum has been measured too."""
+    last = trials[-1]
+    if last["status"] == "error":
+        return True
+    explicit_done = "accum" not in spec or any(t["accum"] == spec["accum"] for t in trials)
+    return stop_at_fit and trial_fits(last, budget_gb, margin_gb) and explicit_done
 
-    The training notebook attaches fastai's callback for this; the probe only needs its rhythm, not its loss scaling.
-    """
 
-    order, run_valid = 6, False  # before MixedPrecision (10), as fastai's accumulation callback
+def same_spec(results: dict, spec: dict):
+    """(name, record) of an already probed run with the same spec (the k folds of a run), or None."""
+    key = json.dumps(spec, sort_keys=True, default=str)
+    return next(((n, r) for n, r in results.items() if json.dumps(r["spec"], sort_keys=True, default=str) == key),
+                None)
 
-    def __init__(self, accum: int):
-        self.accum = accum
+
+class StepMeter(Callback):
+    """Times `steps` optimiser steps after a warm-up one (memory peaks once Adam's state exists), then stops the
+    fit. fp16 steps skipped for overflow and batches that gradient accumulation holds back are not steps."""
+
+    order = 100  # after fastai's accumulation and mixed-precision callbacks
+
+    def __init__(self, steps: int):
+        """Time `steps` optimiser steps after the warm-up one."""
+        self.target = steps
 
     def before_fit(self):
-        self.seen = 0
+        """Start counting batches, steps and timed images from zero."""
+        self.n, self.steps, self.timed, self.secs, self.imgs = 0, 0, 0, 0.0, 0
+        self.last, self.started, self.cancelled = None, False, False
 
-    def before_step(self):
-        self.seen += 1
-        if self.seen % self.accum:
-            raise CancelBatchException()  # skip this step and zero_grad: the gradients keep adding up
+    def before_batch(self):
+        """A new batch: its step is not skipped yet."""
+        self.cancelled = False
 
+    def after_cancel_step(self):
+        """Note a step skipped by fp16's overflow check."""
+        self.cancelled = True  # MixedPrecision skipped this step (inf/NaN gradients)
 
-def _learner(dls, arch: str, accum: int):
-    """A random-weights `vision_learner` as the training notebook builds it (fp16 on a GPU), stepping every accum."""
-    learn = vision_learner(dls, arch, pretrained=False, metrics=[], cbs=[_StepEvery(accum)] if accum > 1 else [])
-    channels_first(learn.model)
-    return learn.to_fp16() if torch.cuda.is_available() else learn
+    def after_step(self):
+        """Count a real optimiser step."""
+        self.steps += not self.cancelled
 
+    def after_batch(self):
+        """Time the batch once the warm-up step is done; stop the fit after `steps` more."""
+        if not self.training:
+            return
+        self.n += 1
+        _sync()
+        now = time.perf_counter()
+        if self.started:
+            self.secs += now - self.last
+            self.imgs += find_bs(self.yb)
+        self.started = self.started or self.steps > 0
+        self.last = now
+        if self.steps > self.target:
+            raise CancelFitException()
 
-def _meter(measured: int, cap: int):
-    """A fastai callback: times `measured` training batches after the first real optimiser step, then stops the
-    fit (or after `cap` batches). fp16 steps skipped for overflow do not count: only a real step creates the
-    optimiser state, and memory peaks after it."""
-    class ProbeMeter(Callback):
-        order = 100  # after the accumulation step and MixedPrecision
-
-        def before_fit(self):
-            self.n, self.steps, self.timed, self.secs, self.imgs = 0, 0, 0, 0.0, 0
-            self.last, self.pause, self.started, self.cancelled = None, None, False, False
-
-        def before_batch(self):
-            self.cancelled = False
-
-        def after_cancel_step(self):
-            self.cancelled = True  # MixedPrecision skipped this step (inf/NaN gradients)
-
-        def after_step(self):
-            self.steps += not self.cancelled
-
-        def after_train(self):
-            self.pause = time.perf_counter()  # a small subset takes several epochs: validation is not training
-
-        def before_train(self):
-            if self.pause is not None and self.last is not None:
-                self.last += time.perf_counter() - self.pause
-
-        def after_batch(self):
-            if not self.training:
-                return
-            self.n += 1
-            _sync()
-            now = time.perf_counter()
-            if self.started:
-                self.secs += now - self.last
-                self.imgs += find_bs(self.yb)
-                self.timed += 1
-            self.started = self.started or self.steps > 0
-            self.last = now
-            if self.timed >= measured or self.n >= cap:
-                raise CancelFitException()
-
-    return ProbeMeter()
+    def speed(self) -> dict:
+        """Seconds per training image over the timed batches, batches seen and optimiser steps taken."""
+        return {"s_per_img": self.secs / self.imgs if self.imgs else None, "batches": self.n,
+                "optimiser_steps": self.steps}
 
 
-def _leave_autocast(learn):
-    """fastai's MixedPrecision enters autocast in before_batch: leave it if an error struck before after_loss."""
-    mp = getattr(learn, "mixed_precision", None)
-    if mp is not None and getattr(mp, "autocast", None) is not None and torch.is_autocast_enabled("cuda"):
-        mp.autocast.__exit__(None, None, None)
-
-
-def _infer_seconds(learn, n: int):
+def infer_seconds(learn, n: int):
     """Seconds per image of forward passes (no gradients) over `n` batches (after a warm-up batch on GPU)."""
     cuda = torch.cuda.is_available()
     model, dl = learn.model.eval(), learn.dls.train
@@ -259,84 +219,6 @@ def _infer_seconds(learn, n: int):
     finally:
         it.close()  # shut the loader's workers down now, in this process
     return (time.perf_counter() - t0) / imgs if imgs else None
-
-
-def _train_trial(path, files, spec: dict, accum: int, steps: int, batches, num_workers):
-    """Train `spec` on `files` for warm-up + measured batches at `accum`; peak memory and seconds per image."""
-    learn = None
-    measured = batches - accum if batches else steps * accum  # after a warm-up of one step (accum batches)
-    try:
-        dls = _dataloaders(path, files, spec, accum, num_workers)
-        if len(dls.train) == 0:
-            raise RoadtopError(f"probe: {len(dls.train_ds)} training images make no batch of {dls.bs}: "
-                               f"use more images (probe_images)")
-        learn = _learner(dls, spec["arch"], accum)
-        if hasattr(learn, "mixed_precision"):  # start the fp16 loss scale low: fewer skipped (stateless) steps
-            learn.mixed_precision.kwargs["init_scale"] = 2.0**10
-        meter = _meter(measured, cap=measured + 9 * accum)
-        with learn.no_bar(), learn.no_logging():
-            learn.fit(10_000, 1e-3, cbs=meter)  # the meter cancels the fit
-        s_infer = _infer_seconds(learn, max(1, min(steps, 4)))  # TTA and validation run forward only
-        peak = {}
-        if torch.cuda.is_available():
-            peak = {"peak_reserved_gb": round(torch.cuda.max_memory_reserved() / GIB, 3),
-                    "peak_allocated_gb": round(torch.cuda.max_memory_allocated() / GIB, 3)}
-        return {**peak, "s_per_img": meter.secs / meter.imgs if meter.imgs else None, "s_per_img_infer": s_infer,
-                "batches": meter.n, "optimiser_steps": meter.steps}
-    except BaseException:
-        if learn is not None:
-            _leave_autocast(learn)
-        raise
-
-
-def probe_trial(path, files, spec: dict, accum: int, steps: int = 2, batches: int = 0, num_workers=None) -> dict:
-    """One trial of `spec` at `accum`: a record with status ok/oom/error, peak GiB and seconds per image."""
-    free_memory()
-    return guarded_trial(lambda: _train_trial(path, files, spec, accum, steps, batches, num_workers), accum)
-
-
-def probe_run(spec: dict, accums, trial, fits, stop_at_fit: bool = True) -> list:
-    """Trials of one run in increasing accum (plus its explicit accum); stops at the first fit if asked."""
-    todo = sorted({*accums, *([spec["accum"]] if "accum" in spec else [])})
-    out = []
-    for a in todo:
-        rec = trial(a)
-        out.append(rec)
-        if rec["status"] == "error":  # a bug or a bad spec: another accum will not help
-            break
-        done_explicit = "accum" not in spec or any(r["accum"] == spec["accum"] for r in out)
-        if stop_at_fit and fits(rec) and done_explicit:
-            break
-    return out
-
-
-def probe_all(path, files, runs: dict, accums, steps: int = 2, stop_at_fit: bool = True, budget_gb: float = 16.0,
-              margin_gb: float = 0.75, num_workers=None, progress: bool = True, log=print) -> dict:
-    """Probe every run: name -> {spec, trials, accum (the choice), reason}."""
-    for a in accums:
-        check_accum(a, "probe accums")
-
-    def fits(rec):
-        return trial_fits(rec, budget_gb, margin_gb)
-
-    out, measured = {}, {}  # measured: spec -> the run it was measured for (k folds of a run share one spec)
-    for name in progress_bar(list(runs), display=progress, leave=False):
-        spec = runs[name]
-        key = json.dumps(spec, sort_keys=True, default=str)
-        if key in measured:
-            first = out[measured[key]]
-            out[name] = {**first, "reason": f"{first['reason']}; as {measured[key]}, same spec"}
-        else:
-            measured[key] = name
-            trials = probe_run(spec, accums, lambda a, s=spec: probe_trial(path, files, s, a, steps, 0, num_workers),
-                               fits, stop_at_fit)
-            accum, reason = choose_accum(trials, budget_gb, margin_gb)
-            out[name] = {"spec": spec, "trials": trials, "accum": accum, "reason": reason}
-        accum, reason = out[name]["accum"], out[name]["reason"]
-        if log:
-            fixed = f"; this run sets accum {spec['accum']} itself" if "accum" in spec else ""
-            log(f"{name:24s} {spec.get('arch', '?'):28s} -> accum {accum}  ({reason}{fixed})")
-    return out
 
 
 def probe_result(runs: dict, info: dict, counts: dict, settings: dict, seconds: float, stages=None) -> dict:

@@ -56,6 +56,7 @@ def demo(tmp_path_factory):
     from roadtop.dag.plan import load_plan, resolve_plan_data
 
     out = tmp_path_factory.mktemp("demo") / "out"
-    r = pipeline("run", "--params", DEMO, "--out", out)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # the notebooks' warnings, as a user sees them
+    r = pipeline("run", "--params", DEMO, "--out", out, env=env)
     plan = load_plan(DEMO, out)
     return plan, out, r, resolve_plan_data(plan, progress=False)

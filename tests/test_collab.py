@@ -152,6 +152,31 @@ def test_fit_collab_refuses_bad_frames():
         fit_collab(df)
 
 
+def _line_pixels(png) -> dict:
+    """Pixels of the plot's two line colours (matplotlib's C0 and C1) in a saved PNG: 0 each on empty axes."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB"), dtype=int)
+    colours = {"C0": (31, 119, 180), "C1": (255, 127, 14)}
+    return {k: int((np.abs(rgb - c).sum(-1) < 30).sum()) for k, c in colours.items()}
+
+
+def test_line_pixels_are_zero_on_an_empty_chart(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
+    fig.savefig(tmp_path / "empty.png", dpi=80)
+    axs[0].plot([1, 2], [1, 0.5], "o-")
+    axs[0].plot([1, 2], [1.2, 0.9], "o-")
+    fig.savefig(tmp_path / "lines.png", dpi=80)
+    plt.close(fig)
+    assert _line_pixels(tmp_path / "empty.png") == {"C0": 0, "C1": 0}
+    assert min(_line_pixels(tmp_path / "lines.png").values()) > 50
+
+
 def test_notebook_runs_with_small_params(small, tmp_path):
     import papermill as pm
 
@@ -160,17 +185,22 @@ def test_notebook_runs_with_small_params(small, tmp_path):
     folder, _ = small
     out = tmp_path / "out"
     pm.execute_notebook(str(NOTEBOOKS / "collab.ipynb"), str(tmp_path / "collab.ipynb"), cwd=str(NOTEBOOKS),
-                        parameters=dict(data=str(folder), out_dir=str(out), sample=1.0, epochs=1, bs=2048,
-                                        n_factors=8, nn_layers=[16]), kernel_name="python3", progress_bar=False)
+                        parameters=dict(data=str(folder), out_dir=str(out), sample=1.0, epochs=2, bs=2048,
+                                        n_factors=8, nn_layers=[16], wds=[0.1, 1.0]), kernel_name="python3",
+                        progress_bar=False)
     table = pd.read_csv(out / "collab_results.csv")
-    assert table.model.tolist()[-1].startswith("fit_collab") and len(table) == 7
+    assert table.model.tolist()[:2] == ["mean rating", "biases only"]
+    assert table.model.tolist()[-1].startswith("fit_collab") and len(table) == 10
     assert np.isfinite(table.valid_rmse).all() and (table.valid_rmse > 0.5).all()
     # every row scored the same way: RMSE of clipped predictions, never above the unclipped MSE's root
     assert (table.valid_rmse <= np.sqrt(table.valid_mse) + 1e-9).all()
+    t = table.set_index("model")
+    assert t.loc["biases only", "valid_mse"] < t.loc["mean rating", "valid_mse"]
     epochs = pd.read_csv(out / "wd_epochs.csv")
-    assert sorted(epochs.model.unique()) == ["no weight decay", "wd=0.1"] and len(epochs) == 2  # one epoch each
-    for png in ("movie_pca.png", "wd_loss.png"):
-        assert (out / png).stat().st_size > 0
+    assert sorted(epochs.model.unique()) == ["no weight decay", "wd=0.1"] and len(epochs) == 4  # two epochs each
+    # the chart is drawn from those losses: both lines (train, valid) are on it, not empty axes
+    assert min(_line_pixels(out / "wd_loss.png").values()) > 50
+    assert (out / "movie_pca.png").stat().st_size > 0
 
 
 def test_sample_ratings_is_seeded_and_checked():

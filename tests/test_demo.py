@@ -3,10 +3,14 @@
 Its report.html is tested in test_report.py."""
 
 import json
+import sys
 
 import nbformat
 import pandas as pd
+import pytest
+from conftest import ROOT
 
+from roadtop.ensemble import load_choice
 from roadtop.preds import load_preds
 
 
@@ -32,7 +36,7 @@ def test_one_executed_notebook_per_job_with_its_parameters(demo):
 
 
 def test_holdout_table_agrees_with_the_prose(demo):
-    """Every image member learns (>= 0.80 on the holdout), the weighted-mean ensemble is at least as good as its best
+    """Every image member learns (>= 0.80 on the holdout), the plan's weighted mean is at least as good as its best
     member, the run counted twice is not the weakest, and the data is hard enough that no member is near perfect."""
     plan, out, _, _ = demo
     table = pd.read_csv(out / "ensemble" / "holdout.csv")
@@ -43,8 +47,8 @@ def test_holdout_table_agrees_with_the_prose(demo):
     acc = members.holdout_accuracy
     assert (acc >= 0.80).all(), acc.to_dict()
     assert acc.max() < 0.95, acc.to_dict()
-    ensemble = table.set_index("run").loc["ensemble", "holdout_accuracy"]
-    assert ensemble >= acc.max(), (ensemble, acc.to_dict())
+    mean = table.set_index("run").loc["mean (plan weights)", "holdout_accuracy"]
+    assert mean >= acc.max(), (mean, acc.to_dict())
     doubled = members[members.weight == 2]
     assert len(doubled) >= 1 and (doubled.holdout_accuracy > acc.min()).all(), acc.to_dict()
     run_dirs = json.loads((out / "ensemble" / "manifest.json").read_text())["params"]["run_dirs"]
@@ -90,20 +94,52 @@ def test_multitarget_learns_disease_and_variety(demo):
     assert len(p.vocab) == 10 and p.test_probs.shape == (len(p.test_ids), 10)
 
 
-def test_collab_overfits_without_weight_decay_and_wd_fixes_it(demo):
-    """The lesson's claim, from the saved per-epoch table: without weight decay the validation loss rises over the last
-    epochs; with wd=0.1 it ends lower."""
+def test_collab_tells_the_lessons_story(demo):
+    """The lesson's claims, from the demo's saved tables: without weight decay the training loss keeps falling, far
+    below a validation loss that stops improving (on the demo's few steps it stalls rather than turns up); every model
+    trained with weight decay beats `biases only` (which beats the mean rating); DotProductBias with wd=0.1 ends
+    below the same model without."""
     _, out, _, _ = demo
     e = pd.read_csv(out / "collab" / "wd_epochs.csv")
-    nowd = e[e.model == "no weight decay"].sort_values("epoch").valid_loss.to_numpy()
+    nowd = e[e.model == "no weight decay"].sort_values("epoch")
     wd = e[e.model == "wd=0.1"].sort_values("epoch").valid_loss.to_numpy()
-    assert len(nowd) == len(wd) == 5  # the lesson's 5 epochs
-    assert nowd.argmin() < len(nowd) - 2 and nowd[-1] > nowd.min(), nowd  # turns up over the last epochs
-    assert wd[-1] < nowd[-1], (wd, nowd)
+    valid, train = nowd.valid_loss.to_numpy(), nowd.train_loss.to_numpy()
+    assert len(valid) == len(wd) >= 5
+    assert (train[1:] < train[:-1]).all(), train  # the training loss keeps falling...
+    assert train[-1] < valid[-1] / 4, (train, valid)  # ...far below the validation loss: learned by heart
+    assert valid[-3] - valid[-1] < 0.02, valid  # which has stopped improving
+    assert wd[-1] < valid[-1], (wd, valid)
     t = pd.read_csv(out / "collab" / "collab_results.csv").set_index("model")
-    assert {"DotProduct", "DotProductBias", "DotProductBias, wd=0.1", "collab_learner"} <= set(t.index)
-    assert t.valid_rmse.between(0.5, 1.5).all()
+    assert {"mean rating", "biases only", "DotProduct, no sigmoid_range", "DotProduct", "DotProductBias",
+            "DotProductBias, wd=0.1", "create_params version, wd=0.1", "collab_learner"} <= set(t.index)
+    assert t.loc["biases only", "valid_mse"] < t.loc["mean rating", "valid_mse"]
+    for with_wd in ("DotProductBias, wd=0.1", "create_params version, wd=0.1", "collab_learner"):
+        assert t.loc[with_wd, "valid_mse"] < t.loc["biases only", "valid_mse"], (with_wd, t.valid_mse.to_dict())
     assert t.loc["DotProductBias, wd=0.1", "valid_mse"] < t.loc["DotProductBias", "valid_mse"]
+
+
+def test_multitarget_shows_the_loss_class_equals_the_function(demo):
+    """The executed multitarget notebook shows nn.CrossEntropyLoss()(x, y) and F.cross_entropy(x, y): one number."""
+    import re
+
+    _, out, _, _ = demo
+    nb = nbformat.read(out / "multitarget" / "multitarget.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code" and "nn.CrossEntropyLoss()(" in c.source)
+    assert "F.cross_entropy(" in cell.source
+    text = cell.outputs[0]["data"]["text/plain"]
+    a, b = re.findall(r"tensor\(([-\d.]+)\)", text)
+    assert a == b, text
+
+
+def test_no_executed_demo_notebook_writes_a_warning(demo):
+    """Every executed notebook of the demo (each job's): no stderr output mentions a Warning."""
+    plan, out, _, _ = demo
+    for job in plan.jobs:
+        nb = nbformat.read(job.out_dir / f"{job.stage}.ipynb", as_version=4)
+        for i, c in enumerate(nb.cells):
+            for o in c.get("outputs", []):
+                if o.get("name") == "stderr":
+                    assert "Warning" not in o.get("text", ""), (job.name, i, o["text"][:300])
 
 
 def test_fitted_ensembles_reach_the_best_member_and_stay_within_one_image_of_the_mean(demo):
@@ -118,3 +154,38 @@ def test_fitted_ensembles_reach_the_best_member_and_stay_within_one_image_of_the
         acc = t.loc[fitted, "holdout_accuracy"]
         assert acc >= best - 1e-9 and acc >= mean - one - 1e-9, (fitted, acc, mean, best)
         assert "cross" in t.loc[fitted, "scored_on"]
+
+
+def test_auto_submits_the_candidate_with_the_best_held_out_log_loss(demo):
+    """The `ensemble` row is the candidate (a member alone, the plan's mean, greedy, optimize) with the best held-out
+    log-loss; ensemble.json, the notebook's one line and the report say which, and a gap of an image or two to the
+    plan's mean is called noise."""
+    plan, out, _, _ = demo
+    t = pd.read_csv(out / "ensemble" / "holdout.csv").set_index("run")
+    scored = t.holdout_logloss.drop("ensemble")
+    rec = load_choice(out / "ensemble")
+    assert rec["method"] == "auto" and rec["chosen"] == scored.idxmin(), scored.to_dict()
+    assert t.loc["ensemble", "holdout_logloss"] == scored.min()
+    assert rec["scores"] == pytest.approx(scored.to_dict())
+    arch = f"{rec['chosen']}: auto, best held-out logloss (submission)"
+    assert t.loc["ensemble", "arch"] == arch and arch in (out / "report.html").read_text()
+    text = _outputs_text(out / "ensemble" / "ensemble.ipynb")
+    assert f"auto: submitting {rec['chosen']!r}; held-out logloss: {rec['chosen']} {scored.min():.3f}, " in text
+    n = len(load_preds(plan.job("multitarget").out_dir).holdout_ids)
+    gap = round((t.loc["ensemble", "holdout_accuracy"] - t.loc["mean (plan weights)", "holdout_accuracy"]) * n)
+    assert f"the submission is {gap:+d} image(s) against the plan's mean" in text
+    assert ("noise on a holdout this small" in text) == (0 < abs(gap) <= 2)
+
+
+def test_executed_ensemble_notebook_shows_no_paths_and_no_empty_outputs(demo):
+    """What the learner reads: no absolute path (a warning's or an output folder's) and no blank output."""
+    _, out, _, _ = demo
+    nb = nbformat.read(out / "ensemble" / "ensemble.ipynb", as_version=4)
+    for c in nb.cells:
+        if c.cell_type != "code" or "injected-parameters" in c.metadata.get("tags", []):
+            continue
+        for o in c.outputs:
+            text = o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+            assert text.strip() or "image/png" in o.get("data", {}), (c.source[:60], o)
+            hits = [p for p in (str(out), str(ROOT), sys.prefix, "/tmp/") if p in text]
+            assert not hits, (c.source[:60], hits, text[:300])

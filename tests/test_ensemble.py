@@ -1,10 +1,12 @@
 """The ensemble on hand-made arrays: weighted mean, fitted weights, k-fold bags, submission order, refusals."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
-from conftest import ROOT
+from conftest import ROOT, pipeline, tiny_plan
 
 from roadtop import blend, ensemble, paddy, preds
 from roadtop.errors import RoadtopError
@@ -98,10 +100,13 @@ def hand_runs(probs, y, names=None):
             for n, p in zip(names or [f"m{i}" for i in range(len(probs))], probs)]
 
 
-def scores(runs, method, **kw):
-    """(holdout table indexed by run, the fitted ensembles) with `method` submitted."""
-    fitted = ensemble.fit_ensembles(runs, np.ones(len(runs)), method=method, **kw)
-    return ensemble.holdout_table(runs, np.ones(len(runs)), fitted, method).set_index("run"), fitted
+def scores(runs, method, plan_w=None, metric="logloss", **kw):
+    """(holdout table indexed by run, the fitted ensembles) with what `method` picks submitted."""
+    plan_w = np.ones(len(runs)) if plan_w is None else np.asarray(plan_w, float)
+    fitted = ensemble.fit_ensembles(runs, plan_w, method=method, metric=metric, **kw)
+    cands = ensemble.candidates(runs, fitted)
+    chosen = ensemble.choose(cands, ensemble.held_out_scores(cands, runs, metric), method, metric)
+    return ensemble.holdout_table(runs, plan_w, fitted, chosen).set_index("run"), fitted
 
 
 def test_noise_member_gets_weight_zero_and_greedy_beats_the_mean():
@@ -198,6 +203,104 @@ def test_unknown_method_metric_or_too_small_holdout_is_refused():
     with pytest.raises(RoadtopError, match="6 holdout image.* too few"):
         ensemble.fit_ensembles(small, [1, 1], method="greedy")
     assert list(ensemble.fit_ensembles(small, [1, 1])) == ["mean"]  # the plan's mean needs nothing fitted
+
+
+# --- method: auto, the candidate with the best held-out score -------------------------------------------------
+
+def auto(runs, plan_w, metric="logloss"):
+    """(chosen candidate, its held-out scores, the candidates) as the notebook picks with method auto."""
+    fitted = ensemble.fit_ensembles(runs, np.asarray(plan_w, float), method="auto", metric=metric)
+    cands = ensemble.candidates(runs, fitted)
+    sc = ensemble.held_out_scores(cands, runs, metric)
+    return ensemble.choose(cands, sc, "auto", metric), sc, cands
+
+
+def test_auto_submits_greedy_when_its_cross_fitted_log_loss_is_clearly_best():
+    """The decision on hand-made candidates: greedy's honest holdout predictions beat every other candidate's."""
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, C, 100)
+    runs = hand_runs([member(y, 0.6, rng), member(y, 0.6, rng)], y)
+    fitted = {"mean": ensemble.Fitted("mean (plan weights)", "mean", np.array([0.5, 0.5]),
+                                      blend.blend([r.holdout_probs for r in runs], [1, 1]), "holdout"),
+              "greedy": ensemble.Fitted("greedy", "greedy", np.array([0.7, 0.3]), member(y, 0.9, rng, 0.8), "cv"),
+              "optimize": ensemble.Fitted("optimize", "optimize", np.array([0.6, 0.4]), member(y, 0.75, rng), "cv")}
+    cands = ensemble.candidates(runs, fitted)
+    sc = ensemble.held_out_scores(cands, runs)
+    assert sc["greedy"] < min(v for k, v in sc.items() if k != "greedy") - 0.2, sc
+    assert ensemble.choose(cands, sc) == "greedy"
+    assert ensemble.choose(cands, sc, "mean") == "mean (plan weights)"  # an explicit method forces its ensemble
+    assert ensemble.choose(cands, {**sc, "optimize": sc["greedy"]}) == "greedy"  # a tie goes to the simpler
+    assert ensemble.choose(cands, {**sc, "m1": sc["greedy"]}) == "m1"  # ... and a member alone is simplest
+    acc = ensemble.held_out_scores(cands, runs, "accuracy")
+    assert ensemble.choose(cands, acc, metric="accuracy") == "greedy"  # accuracy: higher is better
+    t = ensemble.holdout_table(runs, [1, 1], fitted, "greedy", "auto, best held-out logloss").set_index("run")
+    assert t.loc["ensemble", "arch"] == "greedy: auto, best held-out logloss (submission)"
+    assert t.loc["ensemble", "holdout_logloss"] == t.loc["greedy", "holdout_logloss"] == sc["greedy"]
+
+
+def test_auto_submits_a_fitted_ensemble_when_the_plan_counts_a_noise_member_twice():
+    """Fitted for real: two useful members with independent errors and a confident-noise member of plan weight 2."""
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, C, 300)
+    noise = rng.dirichlet(np.full(C, 0.1), len(y))
+    runs = hand_runs([member(y, 0.7, rng), member(y, 0.7, rng), noise], y, ["a", "b", "noise"])
+    chosen, sc, cands = auto(runs, [1, 1, 2])
+    assert chosen in ("greedy", "optimize") and sc[chosen] == min(sc.values()), sc
+    assert sc[chosen] < min(sc["a"], sc["b"], sc["mean (plan weights)"]) - 0.1, sc
+    assert cands[chosen].weights[2] < 0.05  # the noise member all but dropped
+
+
+def test_auto_submits_the_one_member_that_learned_when_the_others_are_noise():
+    rng = np.random.default_rng(10)
+    y = rng.integers(0, C, 200)
+    noise = [rng.dirichlet(np.full(C, 0.1), len(y)) for _ in range(2)]
+    runs = hand_runs([noise[0], member(y, 0.8, rng), noise[1]], y, ["noise1", "good", "noise2"])
+    chosen, sc, cands = auto(runs, [2, 1, 1])
+    assert chosen == "good", sc
+    assert sc["good"] < sc["mean (plan weights)"] - 0.5, sc  # the plan's mean, noise counted 3 of 4, is far behind
+    assert cands["good"].weights.tolist() == [0, 1, 0]
+    assert auto(runs, [2, 1, 1], "accuracy")[0] == "good"
+
+
+def test_auto_submits_the_mean_when_every_candidate_ties():
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, C, 100)
+    p = member(y, 0.7, rng)
+    runs = hand_runs([p, p.copy(), p.copy()], y)
+    chosen, sc, _ = auto(runs, [1, 2, 1])
+    assert np.ptp(list(sc.values())) < 1e-9 and chosen == "mean (plan weights)", sc
+    assert auto(runs, [1, 2, 1], "accuracy")[0] == "mean (plan weights)"
+    small = hand_runs([member(y[:6], 0.7, rng), member(y[:6], 0.5, rng)], y[:6])  # too few images to fit weights
+    chosen, sc, cands = auto(small, [1, 1])
+    assert set(cands) == {"m0", "m1", "mean (plan weights)"} and chosen == min(sc, key=sc.get)
+
+
+def test_choice_file_roundtrip_and_refusals(tmp_path):
+    rng = np.random.default_rng(12)
+    y_oof, hold_y = rng.integers(0, C, 60), rng.integers(0, C, 30)
+    runs = ensemble.bag_folds([*fold_runs("cnx", "convnext", y_oof, 0.7, 2, rng, hold_y),
+                               *hand_runs([member(hold_y, 0.6, rng)], hold_y, ["res"])])
+    fitted = ensemble.fit_ensembles(runs, [1, 1], fit_on="holdout")
+    cands = ensemble.candidates(runs, fitted)
+    sc = ensemble.held_out_scores(cands, runs)
+    chosen = ensemble.choose(cands, sc)
+    f = ensemble.save_choice(tmp_path, runs, cands, chosen, "auto", "logloss", sc)
+    assert f.name == ensemble.CHOICE and not list(tmp_path.glob(".*tmp"))
+    rec = ensemble.load_choice(tmp_path)
+    assert rec["method"] == "auto" and rec["chosen"] == chosen and rec["metric"] == "logloss"
+    assert rec["scores"] == pytest.approx(sc) and set(rec["scores"]) == {"cnx", "res", *[c.name for c in fitted.values()]}
+    assert rec["weights"] == pytest.approx(dict(zip(["cnx", "res"], cands[chosen].weights)))
+    assert rec["runs"] == {"cnx": ["cnx-fold0", "cnx-fold1"], "res": ["res"]}
+    ensemble.save_choice(tmp_path, runs, cands, "res", "auto", "logloss", sc)
+    assert ensemble.load_choice(tmp_path)["weights"] == {"cnx": 0.0, "res": 1.0}  # a member alone: one-hot
+    (tmp_path / ensemble.CHOICE).write_text('{"method": "auto"}')
+    with pytest.raises(RoadtopError, match="ensemble.json is unreadable or incomplete: rerun the ensemble"):
+        ensemble.load_choice(tmp_path)
+    with pytest.raises(RoadtopError, match="ensemble.json is missing"):
+        ensemble.load_choice(tmp_path / "nowhere")
+    clash = hand_runs([member(hold_y, 0.6, rng)] * 2, hold_y, ["greedy", "res"])
+    with pytest.raises(RoadtopError, match=r"run name\(s\) \['greedy'\] are also names of ensemble rows"):
+        ensemble.candidates(clash, ensemble.fit_ensembles(clash, [1, 1]))
 
 
 # --- k-fold runs: bags of folds, out-of-fold predictions ---------------------------------------------------------
@@ -323,3 +426,48 @@ def test_notebook_fits_on_out_of_fold_predictions_of_k_fold_runs(tmp_path, tiny_
     assert w.loc["cnx", "greedy"] > w.loc["res", "greedy"] and np.isclose(w["greedy"].sum(), 1)
     sub = pd.read_csv(out / "submission.csv")
     assert sub.image_id.tolist() == paddy.read_sample_submission(tiny_data).image_id.tolist()
+    rec = ensemble.load_choice(out)  # what a later notebook reads to predict with the submitted ensemble
+    assert rec["method"] == "greedy" and rec["chosen"] == "greedy" and rec["metric"] == "logloss"
+    assert rec["weights"] == pytest.approx(w["greedy"].to_dict())
+    assert rec["scores"] == pytest.approx(t.holdout_logloss.drop("ensemble").to_dict())
+    assert rec["runs"] == {run: [f"{run}-fold{i}" for i in range(3)] for run in ("cnx", "res")}
+
+
+def test_pipeline_auto_passes_over_a_never_learning_member_counted_twice(tmp_path):
+    """Through `pipeline.py run`: run `flat` never learned (it saved the same probabilities, the training labels'
+    shares, for every image, as a network that learns nothing from the pixels ends up doing) and the plan weighs it 2.
+    auto does not submit the plan's mean, and the submission is within one holdout image of the best member.
+
+    The data are tiny_data's kind with 300 images: on its 120 no tiny model learns in seconds, so every member would
+    be as flat as `flat` and the test would show nothing."""
+    data = paddy.make_demo(tmp_path / "paddy", n_train=300, n_test=20, size=(48, 64), seed=1, progress=False)
+    runs = {"res": {"arch": "test_resnet", "epochs": 8, "lr": 0.01, "accum": 4}, "flat": {"arch": "test_resnet"}}
+    plan = tiny_plan(tmp_path, data, runs=runs, ensemble={"weights": {"flat": 2}})
+    pipeline("run", "--params", plan, "--only", *[f"train/{r}" for r in runs])
+    out = tmp_path / "out"
+    flat = preds.load_preds(out / "train" / "flat")
+    trn, _ = paddy.split_files(data, 0.1, 42)
+    shares = pd.Series([f.parent.name for f in trn]).value_counts(normalize=True).reindex(flat.vocab, fill_value=0)
+    flat.test_probs = np.tile(shares.to_numpy(), (len(flat.test_ids), 1))
+    flat.holdout_probs = np.tile(shares.to_numpy(), (len(flat.holdout_ids), 1))
+    preds.save_preds(out / "train" / "flat", flat)
+    r = pipeline("run", "--params", plan)  # the runs are complete: only the ensemble runs
+    assert "ensemble: done" in r.stdout and "train/res: done" not in r.stdout, r.stdout
+    t = pd.read_csv(out / "ensemble" / "holdout.csv").set_index("run")
+    shown = t[["holdout_accuracy", "holdout_logloss"]]
+    assert t.loc["res", "holdout_accuracy"] >= 0.6, shown  # the member that trained did learn
+    rec = ensemble.load_choice(out / "ensemble")
+    assert rec["method"] == "auto" and t.loc["flat", "weight"] == 2
+    scored = t.holdout_logloss.drop("ensemble")
+    assert rec["chosen"] == scored.idxmin() != "mean (plan weights)", shown
+    assert t.loc["ensemble", "arch"] == f"{rec['chosen']}: auto, best held-out logloss (submission)"
+    one = 1 / len(flat.holdout_ids)
+    best = t.loc[list(runs), "holdout_accuracy"].max()
+    assert t.loc["ensemble", "holdout_accuracy"] >= best - one - 1e-9, shown
+    manifest = json.loads((out / "ensemble" / "manifest.json").read_text())
+    assert {"ensemble.json", "holdout.csv", "weights.csv", "submission.csv"} <= set(manifest["outputs"])
+    w = pd.Series(rec["weights"])
+    members = [preds.load_preds(out / "train" / n) for n in w.index]
+    probs = ensemble.weighted_mean([m.test_probs for m in members], w.to_numpy())
+    sub = pd.read_csv(out / "submission.csv")  # written with the chosen candidate's weights
+    assert sub.label.tolist() == ensemble.submission(probs, flat.vocab, flat.test_ids, sub).label.tolist()

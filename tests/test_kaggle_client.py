@@ -197,3 +197,20 @@ def test_a_lost_answer_without_a_local_record_is_pushed_again_not_taken_for_the_
     assert flow.push(plan, runs=["train/resnet"], force=True, **quiet) == 0
     assert len(fake.calls("SaveKernel")) == 3 and fake.versions[ref("train/resnet")] == 2
     assert record.load_state(plan)["kernels"]["train/resnet"]["version"] == 2
+
+
+@pytest.mark.parametrize("text, why", [("{not json", "cannot be read (not valid JSON)"),
+                                       ('["u", "k"]', "is not a JSON object with username and key"),
+                                       ('{"username": "u"}', "has no key"),
+                                       ('{"key": ""}', "has no username and no key")])
+def test_a_broken_kaggle_json_is_named_as_such(fake, monkeypatch, tmp_path, text, why):
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = tmp_path / "home" / ".kaggle"
+    cfg.mkdir(parents=True, exist_ok=True)
+    (cfg / "kaggle.json").write_text(text)
+    (cfg / "kaggle.json").chmod(0o600)
+    with pytest.raises(RoadtopError) as e:
+        client.connect()
+    assert str(e.value) == (f"{cfg / 'kaggle.json'} is there but {why}: download a new one from kaggle.com > "
+                            f"Settings > API (Create New Token) and put it there, chmod 600")

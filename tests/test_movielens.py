@@ -154,3 +154,25 @@ def test_loaded_types(ml):
     df = load_ratings(ml / "u.data")
     assert list(df.columns) == ["user", "movie", "rating", "timestamp"]
     assert all(pd.api.types.is_integer_dtype(df[c]) for c in df.columns)
+
+
+def test_resolver_checks_the_files_it_returns(tmp_path, ml):
+    """The notebook reads u.data/u.item with the lesson's pd.read_csv, so the resolver checks them first."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "u.item").write_bytes((ml / "u.item").read_bytes())
+    (bad / "u.data").write_text("1\t1\t7\t874724710\n")
+    msg = _one_line(lambda: resolve_data(str(bad)))
+    assert "u.data" in msg and "outside 1..5" in msg
+
+
+def test_demo_set_is_small_with_the_real_formats(monkeypatch, tmp_path):
+    """data='demo': the DEMO sizes (seconds per model on a CPU), one folder per seed and generator setting."""
+    from roadtop import movielens
+
+    monkeypatch.setattr(movielens, "default_out", lambda *parts: tmp_path.joinpath(*parts))
+    a, b = resolve_data("demo", seed=1), resolve_data("demo", seed=2)
+    assert a != b and a.parent == b.parent == tmp_path / "data"
+    df = load_movielens(a)
+    assert len(df) == movielens.DEMO["n_ratings"] and df.user.nunique() == movielens.DEMO["n_users"]
+    assert df.groupby("user").size().min() >= 20

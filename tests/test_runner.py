@@ -121,7 +121,7 @@ def training_cell(nb):
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(base, tmp_path):
     plan, ref, _ = base
     out = tmp_path / "out"
-    nb = out / "train" / "cnx" / "train.ipynb"
+    nb = out / "train" / "cnx" / "train.running.ipynb"  # papermill's saves while it runs, renamed when it ends
     proc = subprocess.Popen([sys.executable, str(ROOT / "pipeline.py"), "run", "--params", str(plan), "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
@@ -178,7 +178,7 @@ def test_failed_run_is_isolated(base, tmp_path):
     shutil.copytree(ref, out)
     shutil.rmtree(out / "ensemble")  # the ensemble to redo; the published submission.csv of the last good run stays
     p = yaml.safe_load(plan.read_text())
-    p["train"]["runs"]["broken"] = {"arch": "test_resnet", "tta_n": 0}
+    p["train"]["runs"]["broken"] = {"arch": "test_resnet", "pretrained": True, "weights_dir": str(tmp_path / "none")}
     plan = tmp_path / "broken.yaml"
     plan.write_text(yaml.safe_dump(p, sort_keys=False))
     good = (out / "submission.csv").read_bytes()

@@ -15,10 +15,13 @@ from ..errors import RoadtopError
 from ..paddy import LABELS
 from ..paths import atomic_write
 from ..preds import load_preds
+from .datafiles import scan, shown
 
-__all__ = ["Problem", "check_image", "check_paddy", "check_runs_dirs", "raise_problems", "cached_check"]
+__all__ = ["SHOWN", "Problem", "check_image", "walk_problems", "check_paddy", "check_runs_dirs", "raise_problems",
+           "cached_check"]
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png"}
+SHOWN = 20  # problems listed in full; the count before them is the true one
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,30 @@ def check_image(f: Path) -> str:
         return " ".join(f"{type(e).__name__}: {e}".split())[:160]
 
 
-def _images(folder: Path):
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+def _images(files, sub: str) -> list:
+    """The images under `sub`/ in a scan (sorted), leaving out what the scan found broken (said by walk_problems)."""
+    return [files.root / rel for rel in sorted(files.files) if rel.startswith(f"{sub}/") and rel not in files.broken
+            and Path(rel).suffix.lower() in IMAGE_EXTS]
+
+
+_BROKEN_FIX = {"symlink loop": "remove the link (it points back into itself)",
+               "dangling symlink": "remove the link or restore the file it points to",
+               "file name is not UTF-8": "rename it (an image id is a plain name such as 100330.jpg)"}
+
+
+def walk_problems(files) -> list:
+    """One Problem per entry of a data folder's scan that is not data: symlink loops, dangling links, odd names."""
+    return [Problem(shown(files.root / rel), why,
+                    next((fix for k, fix in _BROKEN_FIX.items() if why.startswith(k)), "fix or remove it"))
+            for rel, why in sorted(files.broken.items())]
+
+
+def _missing_columns(df, f: Path, columns) -> list:
+    """One Problem naming the columns of `columns` that `df` (read from `f`) lacks."""
+    lack = [c for c in columns if c not in df.columns]
+    return [Problem(str(f), f"no {', '.join(lack)} column{'s' if len(lack) > 1 else ''} (header: "
+                            f"{','.join(map(str, df.columns))[:80]}), which this plan's stages read",
+                    f"the header must have {','.join(columns)}")] if lack else []
 
 
 def _read_csv(f: Path, probs: list, header: str):
@@ -68,12 +93,15 @@ def _read_csv(f: Path, probs: list, header: str):
     return df
 
 
-def check_paddy(path, labels=None, threads: int = 4) -> list:
-    """Every problem in a Paddy folder: bad JPEGs, unknown label folders, train.csv vs images, duplicates, test ids."""
+def check_paddy(path, labels=None, threads: int = 4, columns=(), files=None) -> list:
+    """Every problem in a Paddy folder: broken links and odd names, bad JPEGs, unknown label folders, train.csv vs
+    images (and its `columns`, the ones the plan's stages read), duplicates, test ids. `files`: the folder's scan
+    (the one the fingerprint hashed), else scanned here."""
     path, labels = Path(path), set(labels or LABELS)
-    probs = []
-    trn = _images(path / "train_images")
-    tst = _images(path / "test_images")
+    files = files or scan(path)
+    probs = walk_problems(files)
+    trn = _images(files, "train_images")
+    tst = _images(files, "test_images")
     trn_set = set(trn)
     with ThreadPoolExecutor(threads) as ex:
         for f, why in zip(trn + tst, ex.map(check_image, trn + tst)):
@@ -104,6 +132,7 @@ def check_paddy(path, labels=None, threads: int = 4) -> list:
     csv = path / "train.csv"
     df = _read_csv(csv, probs, "image_id,label,variety,age")
     if df is not None:
+        probs += _missing_columns(df, csv, columns)
         for iid in df.loc[df["image_id"].duplicated(), "image_id"].unique():
             probs.append(Problem(str(csv), f"duplicate image id {iid}", "remove the repeated row"))
         rows = set(df["image_id"])
@@ -129,9 +158,9 @@ def check_paddy(path, labels=None, threads: int = 4) -> list:
     if sub is not None:
         ids = list(sub["image_id"])
         have = {f.name for f in tst}
-        for iid in sorted(set(ids) - have)[:20]:
+        for iid in sorted(set(ids) - have):
             probs.append(Problem(str(sample), f"id {iid} has no image in test_images/", "restore the test image"))
-        for iid in sorted(have - set(ids))[:20]:
+        for iid in sorted(have - set(ids)):
             probs.append(Problem(str(path / "test_images" / iid), "test image not in sample_submission.csv",
                                  "remove it or use the competition's sample_submission.csv"))
         dups = sorted(sub.loc[sub["image_id"].duplicated(), "image_id"].unique())
@@ -171,21 +200,22 @@ def check_runs_dirs(run_dirs) -> list:
     return probs
 
 
-def raise_problems(probs, what: str, limit: int = 20):
+def raise_problems(probs, what: str, limit: int = SHOWN):
     """Print nothing; raise one RoadtopError whose message lists the problems one per line (first `limit`)."""
     if probs:
-        shown = "\n".join(f"  {p}" for p in probs[:limit])
+        lines = "\n".join(f"  {p}" for p in probs[:limit])
         more = f"\n  ... and {len(probs) - limit} more" if len(probs) > limit else ""
-        raise RoadtopError(f"{what}: {len(probs)} problem(s) found, nothing was run:\n{shown}{more}")
+        raise RoadtopError(f"{what}: {len(probs)} problem(s) found, nothing was run:\n{lines}{more}")
 
 
-def cached_check(path, fingerprint: str, cache_dir, labels=None) -> list:
+def cached_check(path, fingerprint: str, cache_dir, labels=None, columns=(), files=None) -> list:
     """check_paddy, remembered per data fingerprint so an unchanged dataset is decoded only once."""
-    key = hashlib.sha256(f"{fingerprint}{sorted(labels or [])}".encode()).hexdigest()[:16]
+    cols = list(columns) if columns else ""  # no columns: the key of a check made before they were checked
+    key = hashlib.sha256(f"{fingerprint}{sorted(labels or [])}{cols}".encode()).hexdigest()[:16]
     f = Path(cache_dir) / f"data-check-{key}.json"
     if f.exists():
         return [Problem(**p) for p in json.loads(f.read_text())]
-    probs = check_paddy(path, labels)
+    probs = check_paddy(path, labels, 4, columns, files)
     with atomic_write(f) as fh:
         json.dump([p.__dict__ for p in probs], fh)
     return probs

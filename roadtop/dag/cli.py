@@ -10,16 +10,20 @@
 """
 
 import argparse
+import os
 import sys
 import time
 
+from .. import QUIET
 from ..errors import RoadtopError
 from .budget import check_plan
-from .checks import check_paddy, check_runs_dirs
+from .checks import SHOWN, check_paddy, check_runs_dirs
+from .lock import run_lock
 from .label import add_subcommand as add_predict
 from .plan import DEFAULT_PLAN, load_plan, resolve_plan_data
 from .records import MANIFEST
-from .runner import prepare_data, run_plan, walk
+from .datafiles import scan
+from .runner import check_out_dir, csv_columns, prepare_data, run_plan, walk
 from .stages import stage
 
 __all__ = ["parser", "main"]
@@ -28,27 +32,31 @@ __all__ = ["parser", "main"]
 def _plan(args):
     """The plan named by --params (with --out), checked by every check the entry point added."""
     plan = load_plan(args.params, getattr(args, "out", None))
+    check_out_dir(plan.out_dir)
     for check in getattr(args, "plan_checks", ()):  # e.g. the kaggle: section's settings, from pipeline.py
         check(plan)
     return plan
 
 
 def cmd_run(args) -> int:
-    """Run the plan (only what is missing or changed, unless --force)."""
-    return run_plan(_plan(args), force=args.force, only=args.only, allow_partial=args.allow_partial,
-                    skip_bad=args.skip_bad)
+    """Run the plan (only what is missing or changed, unless --force), one run at a time per output folder."""
+    plan = _plan(args)
+    with run_lock(plan.out_dir):
+        return run_plan(plan, force=args.force, only=args.only, allow_partial=args.allow_partial,
+                        skip_bad=args.skip_bad)
 
 
 def cmd_check(args) -> int:
     """Check the plan's data (images, train.csv, test ids) and any saved runs, before GPU time is spent."""
     plan = _plan(args)
     data = resolve_plan_data(plan)
-    probs = check_paddy(data, plan.data.get("labels"))
+    probs = check_paddy(data, plan.data.get("labels"), columns=csv_columns(plan), files=scan(data))
     runs = {j.name: j.out_dir for j in plan.jobs if stage(j.stage).member and (j.out_dir / MANIFEST).exists()}
     probs += check_runs_dirs(runs)
-    for p in probs:
+    for p in probs[:SHOWN]:
         print(p)
-    print(f"{data}: {len(probs)} problem(s); {len(runs)} saved run(s) checked")
+    more = f", the first {SHOWN} listed" if len(probs) > SHOWN else ""
+    print(f"{data}: {len(probs)} problem(s){more}; {len(runs)} saved run(s) checked")
     return 1 if probs else 0
 
 
@@ -130,12 +138,20 @@ def parser(extra=(), plan_checks=(), budget_checks=()) -> argparse.ArgumentParse
 
 def main(argv=None, extra=(), plan_checks=(), budget_checks=()) -> int:
     """Entry point: one clear line and exit code 2 on bad input."""
+    # the notebook kernels papermill starts inherit this: the same narrow filters as this process (roadtop.QUIET),
+    # a PYTHONWARNINGS the user set coming after them, so it wins
+    os.environ["PYTHONWARNINGS"] = ",".join([*QUIET, *filter(None, [os.environ.get("PYTHONWARNINGS")])])
     args = parser(extra, plan_checks, budget_checks).parse_args(argv)
     t0 = time.time()
     try:
         return args.func(args)
     except RoadtopError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write outside any job failed (the data check's cache on a full disk, ...)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}: free space or fix permissions, then rerun (complete jobs are "
+              f"skipped)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted after {time.time() - t0:.0f}s; rerun to finish what is missing", file=sys.stderr)

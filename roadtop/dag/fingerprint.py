@@ -2,11 +2,11 @@
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..paths import atomic_write
+from .datafiles import scan
 
 __all__ = ["PART_NAMES", "file_hashes", "data_fingerprint", "job_parts", "fingerprint", "what_changed"]
 
@@ -15,10 +15,10 @@ _SET_BY_PIPELINE = ("out_dir", "data_path", "run_dirs", "ensemble_dir")  # paths
 
 
 def _sha(*parts) -> str:
-    """sha256 hex of `parts`, each as bytes or str, NUL-separated."""
+    """sha256 hex of `parts`, each as bytes or str (a file name's undecodable bytes as they are), NUL-separated."""
     h = hashlib.sha256()
     for p in parts:
-        h.update(p if isinstance(p, bytes) else str(p).encode())
+        h.update(p if isinstance(p, bytes) else str(p).encode("utf-8", "surrogateescape"))
         h.update(b"\0")
     return h.hexdigest()
 
@@ -40,25 +40,17 @@ def _read_cache(f) -> dict:
         return {}
 
 
-def file_hashes(path, cache_file=None, threads: int = 4) -> dict:
-    """{relative path: sha256 of its bytes} for every file under `path`.
+def file_hashes(path, cache_file=None, threads: int = 4, files=None) -> dict:
+    """{relative path: sha256 of its bytes} for every file under `path` (`files`: its scan, else scanned here).
 
     With `cache_file`, a file's hash is reused while its size and mtime are unchanged, so a rerun on 14k unchanged
     images only stats them; a file rewritten in place (even with the same size) is read again.
     """
     path = Path(path)
+    files = files or scan(path)
     old = _read_cache(cache_file) if cache_file else {}
-    stats, todo = {}, []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        for name in filenames:
-            f = Path(dirpath) / name
-            st = f.stat()
-            rel = f.relative_to(path).as_posix()
-            stats[rel] = [st.st_size, st.st_mtime_ns]
-            hit = old.get(rel)
-            if not (hit and hit[:2] == stats[rel]):
-                todo.append(rel)
+    stats = {rel: list(st) for rel, st in files.files.items()}
+    todo = [rel for rel in stats if not (old.get(rel) and old[rel][:2] == stats[rel])]
     with ThreadPoolExecutor(threads) as ex:  # hashlib releases the GIL: reading and hashing overlap
         fresh = dict(zip(todo, ex.map(lambda rel: _file_sha(path / rel), todo)))
     hashes = {rel: fresh[rel] if rel in fresh else old[rel][2] for rel in sorted(stats)}
@@ -68,11 +60,14 @@ def file_hashes(path, cache_file=None, threads: int = 4) -> dict:
     return hashes
 
 
-def data_fingerprint(path, cache_dir=None) -> str:
-    """The data folder's content: every file's name and sha256 (hashes cached per file under `cache_dir`)."""
+def data_fingerprint(path, cache_dir=None, files=None) -> str:
+    """The data folder's content: every file's name and sha256 (hashes cached per file under `cache_dir`), and each
+    entry that is not data (a broken link, ...) with why. `files`: the folder's scan, else scanned here."""
     path = Path(path)
+    files = files or scan(path)
     cache = Path(cache_dir) / f"hashes-{_sha(path.resolve())[:12]}.json" if cache_dir else None
-    return _sha(*(f"{rel}:{h}" for rel, h in file_hashes(path, cache).items()))
+    return _sha(*(f"{rel}:{h}" for rel, h in file_hashes(path, cache, files=files).items()),
+                *(f"{rel}:!{why}" for rel, why in sorted(files.broken.items())))
 
 
 def _notebook_source(nb: Path) -> str:

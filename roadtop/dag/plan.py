@@ -1,5 +1,7 @@
 """A run plan (params/*.yaml) turned into checked notebook jobs, before anything runs."""
 
+import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,15 +13,18 @@ from ..errors import RoadtopError
 from ..paddy import make_demo, resolve_data
 from ..paths import NOTEBOOKS, ROOT, iskaggle
 from .budget import probe_runs, probe_stages
-from .params import check_arch, notebook_params, validate_params
+from .params import check_arch, check_limit, notebook_params, validate_params
 from .stages import ORDER, stage
 
 __all__ = ["DEFAULT_PLAN", "Job", "Plan", "load_plan", "resolve_plan_data"]
 
 DEFAULT_PLAN = ROOT / "params" / "demo.yaml"
 _TOP = {"name", "out_dir", "data", "kaggle", *ORDER}
-_DATA = {"path", "demo", "holdout_pct", "holdout_seed", "labels", "skip_bad"}
+_DATA = {"path": str, "demo": dict, "holdout_pct": float, "holdout_seed": int, "labels": list, "skip_bad": bool}
+_DEMO = {k: type(p.default) for k, p in inspect.signature(make_demo).parameters.items()  # data.demo: make_demo's
+         if k not in ("path", "progress")}  # own arguments (n_train, n_test, size, seed), typed by their defaults
 _SET_BY_PIPELINE = {"out_dir", "data_path", "run_dirs", "runs", "ensemble_dir"}
+RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a run's folder name: plain, never '.' or '..', never a path
 
 
 @dataclass
@@ -53,18 +58,99 @@ class Plan:
         raise RoadtopError(f"no job '{name}' in plan {self.source.name}: pick one of {[j.name for j in self.jobs]}")
 
 
+class _PlanLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def get_single_data(self):
+        """The document, after checking every mapping in it for repeated keys."""
+        node = self.get_single_node()
+        if node is not None:
+            _no_repeats(node, [])
+        return self.construct_document(node) if node is not None else None
+
+
+def _no_repeats(node, path: list):
+    """Raise a yaml error naming the key path of the first key repeated in a mapping under `node`."""
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
+            if key in seen:
+                raise _Repeated(".".join([*path, key]), seen[key] + 1, k.start_mark.line + 1)
+            seen[key] = k.start_mark.line
+            _no_repeats(v, [*path, key])
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _no_repeats(v, [*path, str(i)])
+
+
+class _Repeated(Exception):
+    """A key given twice: its key path and both lines."""
+
+
 def _read_yaml(path: Path) -> dict:
+    """The plan file's mapping, or one line saying why it is not a plan (missing, a folder, binary, bad YAML)."""
     if not path.exists():
         raise RoadtopError(f"{path} does not exist: pass --params with a plan from params/ (e.g. params/demo.yaml)")
+    if not path.is_file():
+        raise RoadtopError(f"{path} is a folder, not a plan: pass --params with a YAML file (e.g. params/demo.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+        if "\0" in text:
+            raise UnicodeDecodeError("utf-8", b"\0", 0, 1, "NUL byte")
+    except UnicodeDecodeError:
+        raise RoadtopError(f"{path} is not a text file (not UTF-8): pass --params with a YAML plan") from None
+    except OSError as e:
+        raise RoadtopError(f"{path} cannot be read ({e.strerror}): check its permissions") from None
+    try:
+        raw = yaml.load(text, Loader=_PlanLoader)
+    except _Repeated as e:
+        key, first, again = e.args
+        raise RoadtopError(f"{path} line {again}: {key} is given twice (also line {first}): keep one of them "
+                           f"(YAML would silently keep the last)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise RoadtopError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}): fix the syntax") from None
+    if raw is None:
+        raise RoadtopError(f"{path} is empty: a plan needs at least one stage section ({', '.join(ORDER)}); "
+                           f"see params/demo.yaml")
     if not isinstance(raw, dict):
         raise RoadtopError(f"{path}: a plan is a mapping of sections ({', '.join(sorted(_TOP))})")
     return raw
+
+
+def _check_data(data: dict, where: str):
+    """The data: section's keys, types and LIMITS (data.demo: make_demo's arguments)."""
+    bad = sorted(set(data) - set(_DATA))
+    if bad:
+        raise RoadtopError(f"{where}: unknown data key(s) {bad}: data takes {sorted(_DATA)}")
+    demo = data.get("demo") or {}
+    bad = sorted(set(demo) - set(_DEMO)) if isinstance(demo, dict) else []
+    if bad:
+        raise RoadtopError(f"{where}: unknown data.demo key(s) {bad}: it takes {', '.join(_DEMO)}")
+    typed = [(f"data.{k}", k, v, _DATA[k]) for k, v in data.items() if v is not None and not (k == "demo" and not v)]
+    typed += [(f"data.demo.{k}", f"demo.{k}", v, _DEMO[k]) for k, v in demo.items()]
+    for path, name, v, want in typed:
+        ok = (want in (list, tuple) and isinstance(v, (list, tuple))) or \
+             (isinstance(v, want) and not (isinstance(v, bool) and want is not bool)) or \
+             (want is float and isinstance(v, int) and not isinstance(v, bool))
+        if not ok:
+            shown = "a list, e.g. [a, b]" if want in (list, tuple) else want.__name__
+            raise RoadtopError(f"{where}: {path}={v!r} is {type(v).__name__}: write {path} as {shown}")
+        check_limit(name, v, where, path)
+    for lab in data.get("labels") or []:
+        if not isinstance(lab, str) or not RUN_NAME.fullmatch(lab) or lab in (".", ".."):
+            raise RoadtopError(f"{where}: data.labels item {lab!r} is not a folder name: list the label folders' names")
+
+
+def _check_run_name(run, where: str, section: str) -> str:
+    """`run` as a folder name: letters, digits, _, -, . only (not '.', '..' or empty); else one line."""
+    name = "" if run is None else str(run)
+    if not RUN_NAME.fullmatch(name) or name in (".", ".."):
+        raise RoadtopError(f"{where}: run name {name!r} under {section}.runs is not a plain name: rename it with "
+                           f"letters, digits, _, - and . only (it names the run's folder)")
+    return name
 
 
 def _section(raw, key, where) -> dict:
@@ -74,14 +160,15 @@ def _section(raw, key, where) -> dict:
     return sec
 
 
-def _stage_params(name, overrides, data, where):
-    """Validate `overrides` for stage `name`'s notebook, adding the data settings the notebook declares."""
+def _stage_params(name, overrides, data, where, paths):
+    """Validate `overrides` for stage `name`'s notebook, adding the data settings the notebook declares; `paths`
+    maps each override to its key path in the plan."""
     nb = NOTEBOOKS / stage(name).notebook
     declared = notebook_params(nb)
     for k in _SET_BY_PIPELINE & set(overrides):
         raise RoadtopError(f"{where}: '{k}' is set by the pipeline; remove it from the plan (data: path sets data)")
     shared = {k: v for k, v in data.items() if k in declared and k in ("holdout_pct", "holdout_seed")}
-    return nb, validate_params(nb, {**shared, **overrides}, where)
+    return nb, validate_params(nb, {**shared, **overrides}, where, {**{k: f"data.{k}" for k in shared}, **paths})
 
 
 def _fold_jobs(run: str, over: dict, where: str) -> list:
@@ -109,9 +196,7 @@ def load_plan(path=None, out_dir=None) -> Plan:
     if extra:
         raise RoadtopError(f"{where}: unknown section(s) {extra}: a plan has {sorted(_TOP)}")
     data = _section(raw, "data", where)
-    bad = sorted(set(data) - _DATA)
-    if bad:
-        raise RoadtopError(f"{where}: unknown data key(s) {bad}: data takes {sorted(_DATA)}")
+    _check_data(data, where)
     name = str(raw.get("name") or path.stem)
     out = Path(out_dir or raw.get("out_dir") or ROOT / "outputs")
     out = out if out.is_absolute() else ROOT / out
@@ -129,15 +214,17 @@ def load_plan(path=None, out_dir=None) -> Plan:
             if not runs:
                 raise RoadtopError(f"{where}: {st.name}.runs is empty: add at least one run (name: {{arch: ...}})")
             for run, over in runs.items():
+                run = _check_run_name(run, where, st.name)
                 w = f"{where} run '{run}'"
                 if not isinstance(over, dict):
                     raise RoadtopError(f"{w}: a run is a mapping of parameters, e.g. {{arch: convnext_small}}")
-                for job_name, fold_over in _fold_jobs(str(run), {**defaults, **over}, w):
-                    nb, params = _stage_params(st.name, fold_over, data, w)
+                keys = {k: f"{st.name}.{'runs.' + run if k in over else 'defaults'}.{k}" for k in {**defaults, **over}}
+                for job_name, fold_over in _fold_jobs(run, {**defaults, **over}, w):
+                    nb, params = _stage_params(st.name, fold_over, data, w, keys)
                     check_arch(params["arch"], params["size"], w)
                     jobs.append(Job(f"{st.name}/{job_name}", st.name, nb, params, out / st.name / job_name))
         else:
-            nb, params = _stage_params(st.name, sec, data, f"{where} {st.name}")
+            nb, params = _stage_params(st.name, sec, data, f"{where} {st.name}", {k: f"{st.name}.{k}" for k in sec})
             if "arch" in params and "size" in params:  # a single-job stage that trains a timm model too
                 check_arch(params["arch"], params["size"], f"{where} {st.name}")
             jobs.append(Job(st.name, st.name, nb, params, out / st.name))
@@ -157,6 +244,9 @@ def load_plan(path=None, out_dir=None) -> Plan:
                 raise RoadtopError(f"{where}: {j.name} predicts with the ensemble's models: add an `ensemble:` section")
             j.params["ensemble_dir"] = str(ens[0])
             j.params["run_dirs"] = [str(n.out_dir) for n in jobs if n.name in j.needs and stage(n.stage).member]
+    if not jobs:
+        raise RoadtopError(f"{where}: no stage section, nothing to run: add one of {', '.join(ORDER)} "
+                           f"(see params/demo.yaml)")
     plan = Plan(name, path, out, jobs, data, _section(raw, "kaggle", where))
     for j in plan.jobs:
         j.params["out_dir"] = str(j.out_dir)

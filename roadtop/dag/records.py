@@ -49,11 +49,15 @@ def cause(e: BaseException) -> str:
 
 
 def record_failure(job, cause: str, seconds: float = 0.0, notebook: str = "") -> dict:
-    """Write failed.json (the one-line cause `pipeline.py status` shows); the job is then not complete."""
-    job.out_dir.mkdir(parents=True, exist_ok=True)
-    (job.out_dir / MANIFEST).unlink(missing_ok=True)
+    """Write failed.json (the one-line cause `pipeline.py status` shows); the job is then not complete. Where it
+    cannot be written (a full disk), the state says why in `unrecorded`, for the caller to print."""
     rec = {"job": job.name, "cause": cause, "seconds": round(seconds, 1), "notebook": notebook,
            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    with atomic_write(job.out_dir / FAILED) as f:
-        json.dump(rec, f, indent=1)
+    try:
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        (job.out_dir / MANIFEST).unlink(missing_ok=True)
+        with atomic_write(job.out_dir / FAILED) as f:
+            json.dump(rec, f, indent=1)
+    except OSError as e:
+        return {"state": "failed", **rec, "unrecorded": e.strerror or type(e).__name__}
     return {"state": "failed", **rec}

@@ -1,17 +1,22 @@
 """Execute a plan's jobs with papermill: skip what is done, isolate failures, write manifests last."""
 
 import json
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import papermill as pm
+from jupyter_client import AsyncKernelManager
+from traitlets.config import Config
 
 from ..errors import RoadtopError
 from ..paths import atomic_write
 from .budget import resolve_accum
-from .checks import cached_check, check_runs_dirs, raise_problems
+from .checks import cached_check, check_runs_dirs, raise_problems, walk_problems
+from .datafiles import scan
 from .fingerprint import data_fingerprint, fingerprint, job_parts
 from .params import notebook_params
 from .plan import resolve_plan_data
@@ -19,36 +24,89 @@ from .records import FAILED, MANIFEST, cause, job_state, record_failure
 from .report import write_report
 from .stages import stage
 
-__all__ = ["AUTOSAVE_S", "CHECKS", "Step", "execute_job", "check_data", "prepare_data", "ensemble_members",
-           "walk", "run_plan"]
+__all__ = ["AUTOSAVE_S", "CHECKS", "Step", "check_out_dir", "execute_job", "csv_columns", "check_data", "prepare_data",
+           "ensemble_members", "walk", "run_plan"]
 
 AUTOSAVE_S = 2  # papermill saves the executed notebook this often while a cell runs: watch a training cell's epochs
 CHECKS = "checks"  # under the plan's out_dir: the data-check results and the per-file hash cache
 
 
+def check_out_dir(folder, where: str = "out_dir"):
+    """Raise one line unless `folder` can be written: it, or the nearest folder above it that exists, is a folder
+    this process may write in (not a file, not read-only)."""
+    folder = Path(folder)
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise RoadtopError(f"{where} {folder}: {p} is a file, not a folder: pick another --out (or out_dir in the plan)")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise RoadtopError(f"{where} {folder}: {p} is not writable (read-only or not yours): pick another --out "
+                           f"(or out_dir in the plan), or fix its permissions")
+
+
+def _kernel_config(sockets: str):
+    """nbclient's config for a kernel that talks over Unix sockets in the folder `sockets` (its own, so kernels
+    never share one): local only, and so without ipykernel's warning that TCP between the two is unencrypted."""
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
+
+
+class _Kernel(AsyncKernelManager):
+    """nbclient's kernel manager, less the SIGINT that jupyter_client sends every kernel before asking it to shut
+    down: a kernel between two messages logs it ('KeyboardInterrupt caught in kernel') on the pipeline's stderr."""
+
+    async def _async_interrupt_kernel(self):
+        """Interrupt the kernel, unless it is being shut down (the shutdown request ends it all the same)."""
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
+
+
 def execute_job(job, fp: str, parts: dict, log=print) -> dict:
-    """Run one notebook with papermill into its out_dir; manifest.json (written last) marks it complete."""
+    """Run one notebook with papermill into its out_dir; manifest.json (written last) marks it complete.
+
+    papermill saves the executed notebook as <stage>.running.ipynb while it runs (every AUTOSAVE_S seconds); it is
+    renamed to <stage>.ipynb when the notebook ends (with its error cell if one failed). When writing fails (a full
+    disk, a folder gone read-only) the half-written copy is removed: the last good <stage>.ipynb stays.
+    """
     out = job.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (MANIFEST, FAILED):  # from here until the manifest is rewritten, the job is not complete
-        (out / stale).unlink(missing_ok=True)
-    before = {p.name: p.stat().st_mtime for p in out.iterdir()}
-    executed = out / f"{job.stage}.ipynb"
+    executed, running = out / f"{job.stage}.ipynb", out / f"{job.stage}.running.ipynb"
     t0 = time.time()
     try:
-        pm.execute_notebook(str(job.notebook), str(executed), parameters=job.params, cwd=str(job.notebook.parent),
-                            kernel_name="python3", progress_bar=True, log_output=False,
-                            autosave_cell_every=AUTOSAVE_S)
-    except Exception as e:  # noqa: BLE001 - any failure of one job must not stop the others
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in (MANIFEST, FAILED):  # from here until the manifest is rewritten, the job is not complete
+            (out / stale).unlink(missing_ok=True)
+        before = {p.name: p.stat().st_mtime for p in out.iterdir()}
+    except OSError as e:
+        return record_failure(job, f"cannot write in {out}: {cause(e)}", notebook=executed.name)
+    try:
+        with tempfile.TemporaryDirectory(prefix="roadtop-kernel-") as sockets:
+            pm.execute_notebook(str(job.notebook), str(running), parameters=job.params, cwd=str(job.notebook.parent),
+                                kernel_name="python3", progress_bar=True, log_output=False,
+                                autosave_cell_every=AUTOSAVE_S, config=_kernel_config(sockets),
+                                kernel_manager_class=_Kernel)
+    except OSError as e:  # papermill could not save the notebook: what it left is half-written
+        running.unlink(missing_ok=True)
         return record_failure(job, cause(e), seconds=time.time() - t0, notebook=executed.name)
-    outputs = sorted(p.name for p in out.iterdir()
-                     if p.is_file() and not p.name.startswith(".") and p.name not in (executed.name, MANIFEST)
-                     and (p.name not in before or p.stat().st_mtime != before[p.name]))
-    rec = {"job": job.name, "fingerprint": fp, "seconds": round(time.time() - t0, 1),
-           "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "notebook": executed.name, "outputs": outputs,
-           "params": job.params, "parts": parts}
-    with atomic_write(out / MANIFEST) as f:
-        json.dump(rec, f, indent=1, default=str)
+    except Exception as e:  # noqa: BLE001 - any failure of one job must not stop the others
+        failure = cause(e)
+        try:
+            os.replace(running, executed)  # the whole notebook, with its error cell
+        except OSError:
+            running.unlink(missing_ok=True)
+        return record_failure(job, failure, seconds=time.time() - t0, notebook=executed.name)
+    try:
+        os.replace(running, executed)
+        outputs = sorted(p.name for p in out.iterdir()
+                         if p.is_file() and not p.name.startswith(".") and p.name not in (executed.name, MANIFEST)
+                         and (p.name not in before or p.stat().st_mtime != before[p.name]))
+        rec = {"job": job.name, "fingerprint": fp, "seconds": round(time.time() - t0, 1),
+               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "notebook": executed.name, "outputs": outputs,
+               "params": job.params, "parts": parts}
+        with atomic_write(out / MANIFEST) as f:
+            json.dump(rec, f, indent=1, default=str)
+    except OSError as e:  # the manifest could not be written: the job is not complete
+        return record_failure(job, f"manifest.json not written: {cause(e)}", seconds=time.time() - t0,
+                              notebook=executed.name)
     return {"state": "complete", **rec}
 
 
@@ -58,9 +116,14 @@ def _publish(src: Path, dst: Path):
         shutil.copyfileobj(s, f)
 
 
-def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print) -> list:
+def csv_columns(plan) -> tuple:
+    """The train.csv columns the plan's stages rely on (the stage table's csv_columns), in order, once each."""
+    return tuple(dict.fromkeys(c for j in plan.jobs for c in stage(j.stage).csv_columns))
+
+
+def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print, files=None) -> list:
     """Check the Paddy data before anything runs; returns image ids to skip (only with skip_bad), else raises."""
-    probs = cached_check(data, data_fp, plan.out_dir / CHECKS, plan.data.get("labels"))
+    probs = cached_check(data, data_fp, plan.out_dir / CHECKS, plan.data.get("labels"), csv_columns(plan), files)
     skip = sorted({p.image for p in probs if p.image}) if skip_bad else []
     fatal = [p for p in probs if not (skip_bad and p.image)]
     raise_problems(fatal, f"data check of {data}")
@@ -75,16 +138,20 @@ def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print
 def prepare_data(plan, skip_bad: bool = False, check: bool = True, log=print) -> tuple:
     """(data folder, data fingerprint) when a stage reads the Paddy data, checked first when `check`.
 
-    Without `check` the data is only checked when bad images are to be skipped, since the skip list is a
-    parameter of the runs (and so of their fingerprints).
+    The folder is walked once, for the fingerprint and the check. Without `check` the data is only checked when
+    bad images are to be skipped, since the skip list is a parameter of the runs (and so of their fingerprints);
+    what the walk itself finds (a symlink loop, a dangling link, a name that is not UTF-8) is said either way.
     """
     if not any(stage(j.stage).paddy for j in plan.jobs):
         return "(none: no stage of this plan reads the Paddy data)", ""
     skip_bad = skip_bad or bool(plan.data.get("skip_bad"))
     data = resolve_plan_data(plan)
-    data_fp = data_fingerprint(data, plan.out_dir / CHECKS)
+    files = scan(data)
+    data_fp = data_fingerprint(data, plan.out_dir / CHECKS, files)
     if check or skip_bad:
-        check_data(plan, data, data_fp, skip_bad, log)
+        check_data(plan, data, data_fp, skip_bad, log, files)
+    else:
+        raise_problems(walk_problems(files), f"data check of {data}")
     return data, data_fp
 
 
@@ -173,13 +240,14 @@ def _picked(job, only) -> bool:
 def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, log=print) -> int:
     """Run the plan's jobs in order; returns the exit code (non-zero if any job failed)."""
     t_start = time.time()
+    check_out_dir(plan.out_dir)
     data, data_fp = prepare_data(plan, skip_bad, check=True, log=log)
     log(f"plan {plan.name} ({plan.source}): {len(plan.jobs)} jobs, data {data}, outputs {plan.out_dir}")
     only = set(only or [])
     unknown = only - {j.name for j in plan.jobs} - {j.name.split("/", 1)[-1] for j in plan.jobs}
     if unknown:
         raise RoadtopError(f"--only {sorted(unknown)}: no such job; pick from {[j.name for j in plan.jobs]}")
-    states = {}
+    states, unpublished = {}, []
     n = len(plan.jobs)
     tags = {j.name: f"[{k}/{n}] {j.name}" for k, j in enumerate(plan.jobs, 1)}
     for step in walk(plan, data_fp, states, allow_partial):
@@ -208,10 +276,16 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
         if state["state"] == "complete":
             log(f"{tag}: done in {state['seconds']:.1f}s")
             for name in stage(job.stage).publishes:
-                _publish(job.out_dir / name, plan.out_dir / name)
+                try:
+                    _publish(job.out_dir / name, plan.out_dir / name)
+                except OSError as e:  # the job's own copy is complete; the top-level one is as it was
+                    unpublished.append(name)
+                    log(f"{tag}: {name} not copied to {plan.out_dir}: {cause(e)}")
         else:
-            log(f"{tag}: FAILED after {state['seconds']:.1f}s: {state['cause']} "
-                f"(see {job.out_dir / state['notebook']})")
+            seen = job.out_dir / state["notebook"]
+            unrecorded = f" (failed.json not written: {state['unrecorded']})" if state.get("unrecorded") else ""
+            log(f"{tag}: FAILED after {state['seconds']:.1f}s: {state['cause']}"
+                f"{f' (see {seen})' if seen.exists() else ''}{unrecorded}")
     failed = [n for n, s in states.items() if s["state"] == "failed"]
     log(f"finished in {time.time() - t_start:.0f}s: {sum(s['state'] == 'complete' for s in states.values())} "
         f"complete, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
@@ -223,4 +297,7 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
         log(f"report: {write_report(plan, states)}")
     except Exception as e:  # noqa: BLE001 - the report only shows what ran: it must not fail the run
         log(f"report not written: {cause(e)}")
-    return 1 if failed else 0
+    if failed or unpublished:
+        log("to resume: fix the cause above (e.g. free disk space), then run the same command again: complete "
+            "jobs are skipped, only what is missing runs")
+    return 1 if failed or unpublished else 0

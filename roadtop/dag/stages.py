@@ -24,6 +24,7 @@ class Stage:
     measures: bool = False  # measures the training stages' runs: gets their specs as `runs`; `accum: auto` reads it
     publishes: tuple = ()  # files copied to the plan's output folder when it completes
     predicts: bool = False  # predicts with its upstream runs' saved models and the ensemble's weights (ensemble_dir)
+    csv_columns: tuple = ()  # train.csv columns besides image_id it relies on (the data check requires them)
 
     @property
     def ensembles(self) -> bool:
@@ -35,8 +36,10 @@ class Stage:
 # the test images present when it runs (a code competition's rerun); collab stands alone.
 STAGES = {s.name: s for s in (
     Stage("probe", "probe.ipynb", gpu=True, paddy=True, measures=True),
-    Stage("train", "train.ipynb", ("probe",), many=True, trains=True, gpu=True, paddy=True, member=True),
-    Stage("multitarget", "multitarget.ipynb", ("probe",), trains=True, gpu=True, paddy=True, member=True),
+    Stage("train", "train.ipynb", ("probe",), many=True, trains=True, gpu=True, paddy=True, member=True,
+          csv_columns=("label",)),
+    Stage("multitarget", "multitarget.ipynb", ("probe",), trains=True, gpu=True, paddy=True, member=True,
+          csv_columns=("label", "variety")),
     Stage("collab", "collab.ipynb"),
     Stage("ensemble", "ensemble.ipynb", ("train", "multitarget"), paddy=True, publishes=("submission.csv",)),
     Stage("predict", "predict.ipynb", ("train", "multitarget", "ensemble"), gpu=True, paddy=True, predicts=True),

@@ -21,8 +21,8 @@ from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 from ..errors import RoadtopError
 from .settings import KaggleSettings
 
-__all__ = ["KaggleCallError", "Quota", "api_username", "call_kaggle", "connect", "gpu_quota", "kernel_image", "kernel_version",
-           "offline_username", "owner_username"]
+__all__ = ["KaggleCallError", "Quota", "api_username", "call_kaggle", "connect", "gpu_quota", "kaggle_json_problem",
+           "kernel_image", "kernel_version", "offline_username", "owner_username"]
 
 NO_CREDENTIALS = ("no Kaggle credentials found: set KAGGLE_USERNAME and KAGGLE_KEY, put kaggle.json in ~/.kaggle/ "
                   "(chmod 600), or set KAGGLE_API_TOKEN (kaggle.com > Settings > API)")
@@ -70,6 +70,26 @@ def owner_username() -> str:
     return api_username(connect())
 
 
+def kaggle_json_problem(path) -> str:
+    """Why the kaggle.json at `path` cannot log in (not JSON, not a mapping, no username or key); "" if it is fine
+    or absent."""
+    f = Path(path)
+    fix = "download a new one from kaggle.com > Settings > API (Create New Token) and put it there, chmod 600"
+    if not f.exists():
+        return ""
+    try:
+        creds = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not valid JSON"
+        return f"{f} is there but cannot be read ({why}): {fix}"
+    if not isinstance(creds, dict):
+        return f"{f} is there but is not a JSON object with username and key: {fix}"
+    lack = [k for k in ("username", "key") if not creds.get(k)]
+    if lack:
+        return f"{f} is there but has no {' and no '.join(lack)}: {fix}"
+    return ""
+
+
 def connect():
     """An authenticated `KaggleApi`: KAGGLE_API_TOKEN, KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json."""
     api = KaggleApi()
@@ -79,8 +99,11 @@ def connect():
     try:
         with redirect_stdout(buf):
             api.authenticate()
-    except SystemExit:
-        raise RoadtopError(NO_CREDENTIALS) from None
+    except (SystemExit, ValueError, AttributeError, TypeError) as e:  # how the client meets a broken kaggle.json
+        problem = kaggle_json_problem(api.config)
+        if problem or isinstance(e, SystemExit):
+            raise RoadtopError(problem or NO_CREDENTIALS) from None
+        raise
     except requests.RequestException as e:
         code, msg = _http_error(e)
         raise KaggleCallError(f"kaggle: checking the credentials failed ({code or 'no answer'}: {msg})",
