@@ -248,7 +248,10 @@ def test_pipeline_kaggle_subcommands(plan, fake, capsys, tmp_path):
 def _real_plan(tmp_path, extra="", packs=False):
     """params/paddy.yaml with its outputs under tmp_path, polling every 60 s (the default), `extra` appended."""
     text = (ROOT / "params" / "paddy.yaml").read_text().replace("out_dir: outputs/", f"out_dir: {tmp_path}/")
-    (tmp_path / "paddy.yaml").write_text(text + extra + ("" if packs else "  gpus_per_session: 1\n"))
+    extra += "" if packs else "  gpus_per_session: 1\n"
+    given = {line.split(":")[0].strip() for line in extra.splitlines()}  # the plan loader refuses a key given twice
+    text = "".join(line for line in text.splitlines(True) if line.split(":")[0].strip() not in given)
+    (tmp_path / "paddy.yaml").write_text(text + extra)
     return load_plan(tmp_path / "paddy.yaml")
 
 

@@ -12,7 +12,7 @@ from offline import offline_env, offline_marker
 from roadtop import ensemble, paddy
 from roadtop.dag import cli
 from roadtop.dag.plan import load_plan
-from roadtop.kaggle import flow, settings
+from roadtop.kaggle import flow, kernels, settings
 
 # TTA draws random augmentations (flips, rotations, zooms, lighting) for each pass, so two TTA predictions of the
 # same image by the same models differ a little, and an image whose two likeliest classes are nearly tied can flip.
@@ -79,15 +79,18 @@ def test_kaggle_rerun_of_the_code_competition_kernel_on_a_hidden_test_set(demo, 
 
     kag = tmp_path / "kaggle"
     labels = _hidden_test_set(kag / "input" / "competitions" / paddy.COMPETITION, 300, seed=7)
+    built = {k.slug: k for k in kernels.build_kernels(kplan, kernels.select_jobs(kplan, None, st), "someone", st, {},
+                                                        write=False, log=lambda s: None,
+                                                        seconds=flow.gpu_seconds(kplan))}
     for src in meta["kernel_sources"]:  # each source kernel's output, where a newer session mounts it
         owner, slug = src.split("/")
-        job = next(j for j in kplan.jobs if settings.kernel_slug(st.slug_prefix, j.name) == slug)
-        local = out / job.out_dir.relative_to(kplan.out_dir)
         dest = kag / "input" / "notebooks" / owner / slug
-        if job.stage == "ensemble":
-            shutil.copytree(local, dest)
-        else:
-            shutil.copytree(local, dest / local.name, ignore=shutil.ignore_patterns("preds.npz", "*.ipynb"))
+        for job in built[slug].jobs:  # a GPU pack's kernel holds each of its runs in a folder of its own
+            local = out / job.out_dir.relative_to(kplan.out_dir)
+            if job.stage == "ensemble":
+                shutil.copytree(local, dest)
+            else:
+                shutil.copytree(local, dest / local.name, ignore=shutil.ignore_patterns("preds.npz", "*.ipynb"))
     nb = tmp_path / "rerun.ipynb"
     nb.write_text((kdir / meta["code_file"]).read_text().replace("/kaggle/", f"{kag}/"))
     env = offline_marker(offline_env(tmp_path / "site", tmp_path / "no-roadtop-here"), tmp_path / "offline.pids")
