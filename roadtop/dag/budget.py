@@ -2,7 +2,10 @@
 
 import json
 import math
+from datetime import timedelta
 from pathlib import Path
+
+import pandas as pd
 
 from ..accum import auto_accum, probe_file, read_probes, run_spec, same_spec, trial_fits
 from ..errors import RoadtopError
@@ -141,12 +144,10 @@ def plan_rows(plan) -> tuple:
 
 
 def _dur(s: float) -> str:
-    """'1h 05m', '4m 07s' or '12.3s'."""
+    """Seconds as h:mm:ss ('1:05:00', '0:04:07'), '?' when not estimated."""
     if s is None or math.isnan(s):
         return "?"
-    if s >= 3600:
-        return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
-    return f"{int(s // 60)}m {int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
+    return str(timedelta(seconds=round(s)))
 
 
 def check_plan(plan, override: bool = False, log=print, checks=()) -> int:
@@ -165,13 +166,13 @@ def check_plan(plan, override: bool = False, log=print, checks=()) -> int:
         mem = "GPU memory not measured: n/m"
     log(f"plan {plan.name}: probe on {probe.get('device')} ({mem}); {c['n_train']} train / {c.get('n_holdout', 0)} "
         f"holdout / {c['n_test']} test images")
-    log(f"{'run':28s} {'accum':>8s} {'est. peak GiB':>14s} {'est. time':>10s} {'cumulative':>11s}")
-    log(f"{'(probe)':28s} {'':>8s} {'':>14s} {_dur(probe.get('seconds') or 0):>10s} "
-        f"{_dur(probe.get('seconds') or 0):>11s}")
-    for r in rows:
-        acc = "-" if r["accum"] is None else f"{'auto ' if r['auto'] else ''}{r['accum']}"
-        flag = "" if r["fits"] else "  <- does not fit"
-        log(f"{r['run']:28s} {acc:>8s} {r['peak']:>14s} {_dur(r['seconds']):>10s} {_dur(r['cumulative']):>11s}{flag}")
+    probe_s = _dur(probe.get("seconds") or 0)
+    table = [("(probe)", "", "", probe_s, probe_s, "")] + [
+        (r["run"], "-" if r["accum"] is None else f"{'auto ' if r['auto'] else ''}{r['accum']}", r["peak"],
+         _dur(r["seconds"]), _dur(r["cumulative"]), "" if r["fits"] else "<- does not fit") for r in rows]
+    text = pd.DataFrame(table, columns=["run", "accum", "est. peak GiB", "est. time", "cumulative", ""])
+    for line in text.to_string(index=False).splitlines():
+        log(line.rstrip())
     total = rows[-1]["cumulative"] if rows else float(probe.get("seconds") or 0)
     # One session runs the whole plan, unless the plan fans out as Kaggle kernels (one session each: `checks`)
     over = [] if plan.kaggle else [r["run"] for r in rows if r["cumulative"] > hours * 3600]
