@@ -19,7 +19,7 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.torch_core import find_bs
 
-from .accum import EFFECTIVE_BS, GIB, PROBE_JSON, trial_fits
+from .accum import EFFECTIVE_BS, GIB, probe_file, trial_fits
 from .paths import atomic_write
 
 __all__ = ["DEMO_RUNS", "PROBE_CSV", "PROBE_PNG", "PROBE_VALID_PCT", "StepMeter", "accums_for", "budget_fraction",
@@ -244,11 +244,11 @@ def trials_frame(result: dict):
 def save_probe(out_dir, result: dict) -> Path:
     """Write probe.json and probe.csv into `out_dir` atomically; returns the JSON's path."""
     out = Path(out_dir)
-    with atomic_write(out / PROBE_JSON) as f:
+    with atomic_write(probe_file(out)) as f:
         json.dump(result, f, indent=1)
     with atomic_write(out / PROBE_CSV) as f:
         trials_frame(result).to_csv(f, index=False)
-    return out / PROBE_JSON
+    return probe_file(out)
 
 
 def plot_probe(result: dict, ax=None):

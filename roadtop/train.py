@@ -4,12 +4,11 @@ The lesson's `train()` itself (the DataBlock, gradient accumulation, `vision_lea
 written in notebooks/train.ipynb, where the learner reads it.
 """
 
-import json
 from pathlib import Path
 
 import torch
 
-from .accum import PROBE_JSON, probe_dirs
+from .accum import probe_dirs, read_probes
 from .errors import RoadtopError
 from .weights import local_pretrained_cfg
 
@@ -55,12 +54,10 @@ def channels_first(model):
 def plan_runs(out_dir, search=None) -> dict:
     """The runs {name: {arch, item_method, item_size, size}} of the plan this run belongs to that are trained like it
     (the same stage, as the memory probe recorded it); {} when no probe.json names this run (its folder's name)."""
-    for d in map(Path, search if search is not None else probe_dirs(out_dir)):
-        f = d / PROBE_JSON
-        if f.exists():
-            runs = json.loads(f.read_text()).get("runs", {})
-            me = runs.get(Path(out_dir).name)
-            if me is None:
-                return {}
-            return {name: r["spec"] for name, r in runs.items() if r.get("stage") == me.get("stage")}
+    for _, probe in read_probes(search if search is not None else probe_dirs(out_dir)):
+        runs = probe.get("runs", {})
+        me = runs.get(Path(out_dir).name)
+        if me is None:
+            return {}
+        return {name: r["spec"] for name, r in runs.items() if r.get("stage") == me.get("stage")}
     return {}

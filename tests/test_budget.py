@@ -71,7 +71,7 @@ def test_plan_over_9h_is_refused_naming_the_overflowing_runs(tmp_path, tiny_data
         budget.check_plan(plan, log=lambda *a: None)
     lines = []
     assert budget.check_plan(plan, override=True, log=lines.append) == 0
-    assert any(ln.startswith("res ") and "auto 2" in ln and "12.00" in ln for ln in lines), lines
+    assert any(ln.lstrip().startswith("res ") and "auto 2" in ln and "12.00" in ln for ln in lines), lines
     assert "over budget, going on (--override)" in lines[-1]
     _write_probe(plan, {"res": [T(1, "oom"), T(2, peak=12.0, s=0.05)], "cnx": [T(1, peak=10.0, s=0.05)]})
     lines.clear()

@@ -33,7 +33,7 @@ def test_push_errors_name_the_run_and_keep_local_files(plan, fake, code, phrase)
         assert pushed == [ref("train/convnext")]  # bad credentials: stop, every call would fail
     else:
         assert pushed == [ref("train/convnext"), ref("train/resnet")]  # the other run still goes
-        assert list(record.load_state(plan)["kernels"]) == ["train/resnet"]
+        assert list(record.load_record(plan)["kernels"]) == ["train/resnet"]
     assert (settings.kaggle_dir(plan) / "roadtop-kdemo-train-convnext" / "kernel-metadata.json").exists()
 
 
@@ -55,7 +55,7 @@ def test_retry_after_is_honoured_and_persistent_errors_give_up(plan, fake):
     assert sleeps == [4.0, 1.0]
     assert lines[-1].startswith(f"train/resnet: push of {ref('train/resnet')} failed: Kaggle still answered")
     assert "answered 502" in lines[-1]
-    assert record.load_state(plan)["kernels"] == {}
+    assert record.load_record(plan)["kernels"] == {}
 
 
 @pytest.mark.parametrize("code,phrase", [(401, "rejected the credentials"), (403, "refused access"),
@@ -128,7 +128,7 @@ def test_a_5xx_after_the_version_was_made_pushes_no_duplicate(plan, fake):
     assert len(fake.calls("SaveKernel")) == 1 and fake.versions[ref("train/resnet")] == 1
     assert fake.calls("GetKernel")[-1] == {"userName": USER, "kernelSlug": "roadtop-kdemo-train-resnet"}
     assert any("answered 502 to the push, but" in ln and "new version 1" in ln for ln in lines)
-    assert record.load_state(plan)["kernels"]["train/resnet"]["version"] == 1
+    assert record.load_record(plan)["kernels"]["train/resnet"]["version"] == 1
     # a 5xx that made nothing is retried; a 5xx on a re-push that made version 2 is not
     fake.set_statuses(ref("train/resnet"), "COMPLETE")  # re-pushing a running kernel is refused
     fake.fail("SaveKernel", 503)
@@ -136,7 +136,7 @@ def test_a_5xx_after_the_version_was_made_pushes_no_duplicate(plan, fake):
     assert flow.push(plan, runs=["train/resnet"], force=True, log=lines.append, sleep=Sleeps(),
                      out=io.StringIO()) == 0
     assert len(fake.calls("SaveKernel")) == 3 and fake.versions[ref("train/resnet")] == 2
-    assert record.load_state(plan)["kernels"]["train/resnet"]["version"] == 2
+    assert record.load_record(plan)["kernels"]["train/resnet"]["version"] == 2
 
 
 @pytest.mark.parametrize("code", [429, 503])
@@ -196,7 +196,7 @@ def test_a_lost_answer_without_a_local_record_is_pushed_again_not_taken_for_the_
     fake.fail("SaveKernel", 503)  # the new push is lost before Kaggle made anything
     assert flow.push(plan, runs=["train/resnet"], force=True, **quiet) == 0
     assert len(fake.calls("SaveKernel")) == 3 and fake.versions[ref("train/resnet")] == 2
-    assert record.load_state(plan)["kernels"]["train/resnet"]["version"] == 2
+    assert record.load_record(plan)["kernels"]["train/resnet"]["version"] == 2
 
 
 @pytest.mark.parametrize("text, why", [("{not json", "cannot be read (not valid JSON)"),

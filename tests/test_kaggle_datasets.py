@@ -86,7 +86,7 @@ def test_weights_on_a_new_dataset_are_created_waited_for_then_used(plan, fake, t
     assert flow.push(plan, runs=["train/convnext"], log=lines.append, sleep=Sleeps(), out=io.StringIO()) == 0
     (save,) = fake.calls("SaveKernel")
     assert save["datasetDataSources"] == [NEW]
-    assert record.load_state(plan)["kernels"]["train/convnext"]["status"] == "QUEUED"
+    assert record.load_record(plan)["kernels"]["train/convnext"]["status"] == "QUEUED"
     last_status = max(i for i, r in enumerate(fake.requests) if r.method == "GetDatasetStatus")
     assert last_status < [r.method for r in fake.requests].index("SaveKernel")
 
@@ -117,8 +117,8 @@ def test_a_kernel_that_lost_a_processing_dataset_is_failed_not_pushed(plan, fake
     err = [ln for ln in lines if "not counted as pushed" in ln]
     assert len(err) == 1 and err[0].startswith(f"train/resnet: {ref('train/resnet')} v1 not counted as pushed: "
                                                "Kaggle could not attach someone-else/extra-images")
-    rec = record.load_state(plan)["kernels"]["train/resnet"]
-    assert rec["status"] == "FAILED" and "someone-else/extra-images" in rec["failure"]
+    rec = record.load_record(plan)["kernels"]["train/resnet"]
+    assert rec["status"] == "RUN_FAILED" and "someone-else/extra-images" in rec["failure"]
     assert "failed (Kaggle could not attach" in out.getvalue()
     out = io.StringIO()
     assert flow.status(plan, once=True, out=out, log=lambda s: None, sleep=Sleeps()) == 1
@@ -127,5 +127,5 @@ def test_a_kernel_that_lost_a_processing_dataset_is_failed_not_pushed(plan, fake
     lines.clear()
     assert flow.push(plan, runs=["train/resnet"], log=lines.append, sleep=Sleeps(), out=io.StringIO()) == 0
     assert not any("already pushed" in ln for ln in lines)
-    rec = record.load_state(plan)["kernels"]["train/resnet"]
+    rec = record.load_record(plan)["kernels"]["train/resnet"]
     assert (rec["version"], rec["status"]) == (2, "QUEUED")

@@ -68,7 +68,7 @@ def test_push_sends_training_kernels_then_the_ensemble_that_reads_them(plan, fak
     assert p["run_dirs"] == ["/kaggle/input/roadtop-kdemo-train-convnext/convnext",
                              "/kaggle/input/roadtop-kdemo-train-resnet/resnet"]
     assert p["out_dir"] == "/kaggle/working"
-    state = record.load_state(plan)["kernels"]
+    state = record.load_record(plan)["kernels"]
     assert state["ensemble"]["version"] == 1 and state["train/convnext"]["status"] == "COMPLETE"
 
 
@@ -110,7 +110,7 @@ def test_status_polls_through_queued_running_to_complete_and_error(plan, fake):
     assert lines[1:] == [(f"train/resnet: kernel {ref('train/resnet')} ended in ERROR: Exceeded time limit "
                           "(`pipeline.py kaggle collect --only train/resnet` downloads its log)")]
     assert lines[0].startswith("kaggle: the kernels of kdemo run on gcr.io/kaggle-gpu-images/python@sha256:")
-    assert record.load_state(plan)["kernels"]["train/resnet"]["failure"] == "Exceeded time limit"
+    assert record.load_record(plan)["kernels"]["train/resnet"]["failure"] == "Exceeded time limit"
 
 
 def test_status_redraws_in_place_on_a_terminal(plan, fake):
@@ -178,7 +178,7 @@ def test_submit_code_competition_sends_the_predict_kernel_and_version(plan, fake
     assert sub == {"competitionName": "paddy-disease-classification", "kernelOwner": USER,
                    "kernelSlug": "roadtop-kdemo-predict", "kernelVersion": 2, "fileName": "submission.csv",
                    "submissionDescription": "ensemble of 2"}
-    assert record.load_state(plan)["submissions"][0]["ref"] == 4242
+    assert record.load_record(plan)["submissions"][0]["ref"] == 4242
 
 
 def test_submit_code_competition_refuses_an_unfinished_predict_kernel(plan, fake):
@@ -291,7 +291,7 @@ def test_run_fans_out_nine_gpu_kernels_under_the_session_cap_then_submits(fake, 
         assert word in table, word
     gpu_s = 9120 + 8 * 3720  # 2 at a time: half of it, give or take a run, then the ensemble
     assert gpu_s / 2 + 720 < fake.clock < gpu_s / 2 + 720 + 3720 + 20 * 60
-    state = record.load_state(plan)
+    state = record.load_record(plan)
     assert all(state["kernels"][n]["status"] == "COMPLETE" for n in [*trains, "ensemble"])
 
 
@@ -315,7 +315,7 @@ def test_an_interrupted_run_resumes_without_pushing_anything_twice(fake, tmp_pat
         flow.run(plan, log=lambda s: None, sleep=Interrupt(3), out=io.StringIO())
     first = [r for _, r, _ in fake.pushes]
     assert 2 <= len(first) < 9
-    state = record.load_state(plan)["kernels"]
+    state = record.load_record(plan)["kernels"]
     assert sorted(state) == sorted(n for n in state if _pref(n) in first) and len(state) == len(first)
     lines = []
     assert flow.run(plan, log=lines.append, sleep=Sleeps(), out=io.StringIO()) == 0
@@ -331,18 +331,18 @@ def test_a_re_pushed_run_makes_the_ensemble_stale_and_the_scheduler_re_pushes_it
     assert flow.push(plan, wait=True, **kw) == 0
     assert [v for _, r, v in fake.pushes if r == ref("ensemble")] == [1]
     assert flow.push(plan, runs=["train/resnet"], force=True, **kw) == 0  # resnet v2
-    state = record.load_state(plan)
+    state = record.load_record(plan)
     assert flow.stale_sources(state, "ensemble") == ["train/resnet"]
     out, lines = io.StringIO(), []
     flow.status(plan, once=True, out=out, log=lines.append, sleep=Sleeps())
-    ens_row = next(ln for ln in out.getvalue().splitlines() if ln.startswith("ensemble"))
+    ens_row = next(ln for ln in out.getvalue().splitlines() if ln.lstrip().startswith("ensemble"))
     assert "stale: train/resnet pushed anew since" in ens_row
     assert any(ln.startswith("ensemble: stale: train/resnet") for ln in lines)
     assert flow.push(plan, wait=True, **kw) == 0
     assert [(r, v) for _, r, v in fake.pushes][-2:] == [(ref("train/resnet"), 2), (ref("ensemble"), 2)]
     t_ens = fake.pushes[-1][0]
     assert t_ens >= fake.sessions[ref("train/resnet")][1]  # after resnet v2 was COMPLETE
-    state = record.load_state(plan)
+    state = record.load_record(plan)
     assert state["kernels"]["ensemble"]["sources"] == {"train/convnext": 1, "train/resnet": 2}
     assert flow.stale_sources(state, "ensemble") == []
     assert flow.push(plan, wait=True, **kw) == 0 and len(fake.pushes) == 5  # nothing more to do
@@ -466,7 +466,7 @@ def test_new_script_waits_like_queued_and_cancel_requested_holds_its_session(pla
     assert "cancelled (cancelled on Kaggle)" in table
     assert any(ln.startswith("ensemble: not pushed: train/convnext ended in CANCEL_ACKNOWLEDGED on Kaggle")
                for ln in lines)
-    assert record.load_state(plan)["kernels"]["train/convnext"]["failure"] == "cancelled on Kaggle"
+    assert record.load_record(plan)["kernels"]["train/convnext"]["failure"] == "cancelled on Kaggle"
 
 
 def test_a_re_push_of_a_running_kernel_is_refused_unless_force_running(plan, fake):
@@ -607,7 +607,7 @@ def test_every_kernel_after_the_first_is_pinned_to_its_image(fake, tmp_path):
     assert len(saves) == 10 and "dockerImage" not in saves[0]
     assert all(s["dockerImage"] == first and s["dockerImagePinningType"] == "original" for s in saves[1:])
     assert set(fake.images.values()) == {first}
-    state = record.load_state(plan)
+    state = record.load_record(plan)
     assert state["docker_image"] == first
     assert any(ln.startswith(f"kaggle: {_pref(plan.jobs[1].name)} runs on {first}: every later kernel") for ln in lines)
     flow.status(plan, once=True, out=io.StringIO(), log=lines.append, sleep=Sleeps())
@@ -621,7 +621,7 @@ def test_kaggle_docker_image_pins_every_kernel(plan, fake):
     flow.push(plan, log=lambda s: None, sleep=Sleeps(), out=io.StringIO())
     saves = fake.calls("SaveKernel")
     assert len(saves) == 2 and {s["dockerImage"] for s in saves} == {plan.kaggle["docker_image"]}
-    assert record.load_state(plan)["docker_image"] == plan.kaggle["docker_image"]
+    assert record.load_record(plan)["docker_image"] == plan.kaggle["docker_image"]
 
 
 # ---- GPU packs: two runs per kernel, one per T4 --------------------------------------------------------------
@@ -681,7 +681,7 @@ def test_the_real_plan_runs_in_packs_of_two_under_two_sessions_then_the_ensemble
     assert ens["slug"] == _pref("ensemble") and len(ens["kernelDataSources"]) == 5
     _, p = params_of(ens["text"])
     assert len(p["run_dirs"]) == 9 and all(d.startswith("/kaggle/input/roadtop-paddy-pack") for d in p["run_dirs"])
-    state = record.load_state(plan)
+    state = record.load_record(plan)
     assert all(state["kernels"][f"pack{i}"]["status"] == "COMPLETE" for i in range(1, 6))
     assert flow.run_states(state)["train/vit_res_224"] is flow.KernelState.COMPLETE
     for n in trains:  # collected, each into its own folder
@@ -699,11 +699,11 @@ def test_one_failed_run_of_a_pack_fails_alone(fake, tmp_path):
     fake.outputs_of = _pack_outputs(fail="train/vit_squish_224")
     lines, out = [], io.StringIO()
     assert flow.run(plan, log=lines.append, sleep=Sleeps(), out=out) == 1
-    state = record.load_state(plan)
+    state = record.load_record(plan)
     pack = next(n for n, r in state["kernels"].items() if "train/vit_squish_224" in r.get("runs", []))
     mate = next(r for r in state["kernels"][pack]["runs"] if r != "train/vit_squish_224")
     assert state["kernels"][pack]["status"] == "COMPLETE"
-    assert any(ln.startswith("ensemble: not pushed: train/vit_squish_224 ended in FAILED on Kaggle") for ln in lines)
+    assert any(ln.startswith("ensemble: not pushed: train/vit_squish_224 ended in RUN_FAILED on Kaggle") for ln in lines)
     assert flow.collect(plan, log=lines.append, sleep=Sleeps()) == 1
     assert (plan.job(mate).out_dir / "preds.npz").read_bytes() == f"preds of {mate}".encode()
     assert not (plan.job("train/vit_squish_224").out_dir / "preds.npz").exists()
@@ -713,9 +713,9 @@ def test_one_failed_run_of_a_pack_fails_alone(fake, tmp_path):
     assert nb.exists()
     out = io.StringIO()
     assert flow.status(plan, once=True, out=out, log=lines.append, sleep=Sleeps()) == 1
-    row = next(ln for ln in out.getvalue().splitlines() if ln.startswith("train/vit_squish_224"))
+    row = next(ln for ln in out.getvalue().splitlines() if ln.lstrip().startswith("train/vit_squish_224"))
     assert "failed (OutOfMemoryError: CUDA out of memory)" in row and pack.replace("pack", "roadtop-paddy-pack") in row
-    mate_row = next(ln for ln in out.getvalue().splitlines() if ln.startswith(mate + " "))
+    mate_row = next(ln for ln in out.getvalue().splitlines() if ln.lstrip().startswith(mate + " "))
     assert mate_row.endswith("complete")
 
 

@@ -1,5 +1,6 @@
 """Kaggle kernels from a plan: kernel folders, parameters, the bootstrap cell, internet by competition kind."""
 
+import ast
 import io
 import json
 import re
@@ -135,10 +136,53 @@ def test_training_kernel_is_readable_and_ships_only_what_it_imports(plan, fake):
     assert "from .dag" not in boot.source and "roadtop.kaggle" not in boot.source
 
 
+def _names(node, literal_names=frozenset()) -> bool:
+    """True when `node` writes stage names out: a string, a tuple/list/set of strings (or set(...) / frozenset(...)
+    of one), or a module-level name bound to such a literal."""
+    if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("set", "frozenset", "tuple") and node.args:
+        node = node.args[0]
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return bool(node.elts) and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts)
+    return isinstance(node, ast.Name) and node.id in literal_names
+
+
+def stage_name_tests(source: str) -> list:
+    """Lines of `source` that compare a stage with names written out (`j.stage == "train"`, `"ensemble" == j.stage`,
+    `j.stage in ("a", "b")`, `j.stage in SET` with SET = {"a", ...} at module level), in either order."""
+    tree = ast.parse(source)
+    literal_names = frozenset(t.id for n in tree.body if isinstance(n, ast.Assign) and _names(n.value)
+                              for t in n.targets if isinstance(t, ast.Name))
+
+    def is_stage(node):
+        """`stage` or `<x>.stage`."""
+        return getattr(node, "attr", None) == "stage" or getattr(node, "id", None) == "stage"
+
+    hits = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Compare):
+            sides = [n.left, *n.comparators]
+            if any((is_stage(a) and _names(b, literal_names)) or (is_stage(b) and _names(a, literal_names))
+                   for a, b in zip(sides, sides[1:])):
+                hits.append(n.lineno)
+    return hits
+
+
+def test_the_stage_name_checker_catches_every_spelling():
+    for bad in ('j.stage == "train"', '"ensemble" == j.stage', "ok = job.stage != 'probe'",
+                'j.stage in ("train", "multitarget")', 'SET = {"train", "ensemble"}\nx = [j for j in js if j.stage in SET]',
+                'GPU = frozenset({"train"})\nif stage not in GPU:\n    pass', 'x = 1 < 2 and "collab" != j.stage'):
+        assert stage_name_tests(bad), bad
+    for fine in ("stage(j.stage).gpu", 'predict = [n for n, s in STAGES.items() if s.predicts]\nx = j.stage in predict',
+                 'j.name == "ensemble"', "j.stage == k.stage"):
+        assert stage_name_tests(fine) == [], fine
+
+
 def test_no_stage_names_are_tested_in_the_kaggle_code():
     """The Kaggle builder reads the stage facts (gpu, member, paddy, publishes) from roadtop.dag.stages."""
     for f in (ROOT / "roadtop" / "kaggle").glob("*.py"):
-        assert not re.search(r"stage\s*(==|!=|in)\s*[(\"']", f.read_text()), f.name
+        assert stage_name_tests(f.read_text()) == [], f.name
 
 
 def test_dry_run_of_the_real_plan_uses_the_hub_for_a_file_competition(tmp_path, monkeypatch):

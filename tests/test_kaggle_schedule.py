@@ -2,7 +2,7 @@
 
 from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
 
-from roadtop.kaggle.schedule import Candidate, Decision, KernelState, decide, pack_runs, running_repushes, state_of
+from roadtop.kaggle.schedule import ENDED_BADLY, Candidate, Decision, KernelState, decide, pack_runs, running_repushes, state_of
 
 S = KernelState
 
@@ -10,7 +10,8 @@ S = KernelState
 def test_every_kaggle_worker_status_has_a_state_and_only_the_running_ones_hold_a_session():
     assert {s.name for s in KernelWorkerStatus} <= set(KernelState.__members__)
     assert {s for s in S if s.holds_session} == {S.NEW_SCRIPT, S.QUEUED, S.RUNNING, S.CANCEL_REQUESTED}
-    assert {s for s in S if s.bad} == {S.ERROR, S.CANCEL_ACKNOWLEDGED, S.FAILED}
+    assert {s for s in S if s.bad} == {S.ERROR, S.CANCEL_ACKNOWLEDGED, S.RUN_FAILED} == ENDED_BADLY
+    assert state_of("FAILED") is S.RUN_FAILED  # a push record written before the rename
     assert state_of(KernelWorkerStatus.NEW_SCRIPT) is S.NEW_SCRIPT and state_of("running") is S.RUNNING
     assert S.CANCEL_ACKNOWLEDGED.why == "cancelled on Kaggle"
 

@@ -2,11 +2,12 @@
 
 import json
 import math
+from datetime import timedelta
 from pathlib import Path
 
-import torch
+import pandas as pd
 
-from ..accum import PROBE_JSON, _norm, choose_accum, run_spec, trial_fits
+from ..accum import auto_accum, probe_file, read_probes, run_spec, same_spec, trial_fits
 from ..errors import RoadtopError
 from .records import FAILED
 from .stages import stage
@@ -38,7 +39,7 @@ def probe_stages(jobs) -> dict:
 def load_probe(out_dir) -> dict:
     """The probe's probe.json from `out_dir`; one clear error if the probe has not run or failed."""
     out = Path(out_dir)
-    f, failed = out / PROBE_JSON, out / FAILED
+    failed = out / FAILED
     if failed.exists():
         try:
             cause = json.loads(failed.read_text()).get("cause", "")
@@ -46,13 +47,10 @@ def load_probe(out_dir) -> dict:
             cause = "?"
         raise RoadtopError(f"the memory probe failed ({cause}): see {out / 'probe.ipynb'}, fix it and rerun "
                            f"`pipeline.py run --only probe`, or set accum explicitly")
-    if not f.exists():
-        raise RoadtopError(f"{f} is missing: the memory probe has not run; run `pipeline.py run --only probe` "
-                           f"(or the whole plan) first")
-    try:
-        return json.loads(f.read_text())
-    except ValueError:
-        raise RoadtopError(f"{f} is not valid JSON: delete it and rerun `pipeline.py run --only probe`") from None
+    for _, probe in read_probes([out]):
+        return probe
+    raise RoadtopError(f"{probe_file(out)} is missing: the memory probe has not run; run `pipeline.py run --only "
+                       f"probe` (or the whole plan) first")
 
 
 def _probe_job(plan, why: str):
@@ -64,34 +62,27 @@ def _probe_job(plan, why: str):
                        f"(e.g. `probe: {{}}`)")
 
 
-def _entry(probe: dict, name: str, spec: dict, where: str) -> dict:
-    """The probe's record for run `name`, checked against the run's current spec."""
+def _entry(probe: dict, name: str, params: dict, where: str) -> dict:
+    """The probe's record for run `name`, checked against the run's current parameters."""
     e = probe.get("runs", {}).get(name)
     if e is None:
         raise RoadtopError(f"{where}: the probe has no run '{name}' (the plan changed since): rerun "
                            f"`pipeline.py run --only probe`")
-    old = {k: _norm(v) for k, v in e["spec"].items()}
-    if old != spec:
-        raise RoadtopError(f"{where}: the probe measured {old}, the plan now says {spec}: rerun "
-                           f"`pipeline.py run --only probe`")
+    if not same_spec(e["spec"], params):
+        raise RoadtopError(f"{where}: the probe measured {run_spec(e['spec'])}, the plan now says {run_spec(params)}: "
+                           f"rerun `pipeline.py run --only probe`")
     return e
 
 
 def resolve_accum(plan, job) -> int:
-    """`accum: auto` -> the smallest accum whose probed peak fits the plan's budget with margin (1 on CPU)."""
+    """`accum: auto` -> the smallest accum whose probed peak fits the probe's budget with margin (1 on CPU), as
+    roadtop.accum.auto_accum says; one line naming the job when the probe is missing, stale or nothing fits."""
     where = f"{plan.source.name} {job.name}"
     pj = _probe_job(plan, f"{job.name}'s accum: auto")
     probe = load_probe(pj.out_dir)
-    e = _entry(probe, run_key(job), run_spec(job.params), where)
-    if not probe.get("gpu_measured"):
-        if torch.cuda.is_available():
-            raise RoadtopError(f"{where}: the probe ran on CPU but this machine has a GPU: rerun it here with "
-                               f"`pipeline.py run --only probe --force`")
-    budget, margin = pj.params["gpu_budget_gb"], pj.params["margin_gb"]
-    accum, reason = choose_accum(e["trials"], budget, margin)
+    accum, why = auto_accum(probe, _entry(probe, run_key(job), job.params, where))
     if accum is None:
-        raise RoadtopError(f"{where}: accum: auto, but {reason} under {budget:g} GiB: use a smaller size or arch, "
-                           f"or add a larger accum to probe.accums")
+        raise RoadtopError(f"{where}: accum: auto, but {why}")
     return accum
 
 
@@ -128,10 +119,10 @@ def plan_rows(plan) -> tuple:
         if not stage(job.stage).trains:
             continue
         name, acc = run_key(job), job.params.get("accum", 1)
-        e = _entry(probe, name, run_spec(job.params), f"{plan.source.name} {job.name}")
+        e = _entry(probe, name, job.params, f"{plan.source.name} {job.name}")
         auto = acc == "auto"
         if auto:
-            acc, _ = choose_accum(e["trials"], budget, margin)
+            acc, _ = auto_accum(probe, e)
         t = next((t for t in e["trials"] if t["accum"] == acc), None)
         fits = t is not None and trial_fits(t, budget, margin)
         s_fit, s_inf = _speed(e["trials"], acc)
@@ -153,12 +144,10 @@ def plan_rows(plan) -> tuple:
 
 
 def _dur(s: float) -> str:
-    """'1h 05m', '4m 07s' or '12.3s'."""
+    """Seconds as h:mm:ss ('1:05:00', '0:04:07'), '?' when not estimated."""
     if s is None or math.isnan(s):
         return "?"
-    if s >= 3600:
-        return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
-    return f"{int(s // 60)}m {int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
+    return str(timedelta(seconds=round(s)))
 
 
 def check_plan(plan, override: bool = False, log=print, checks=()) -> int:
@@ -177,13 +166,13 @@ def check_plan(plan, override: bool = False, log=print, checks=()) -> int:
         mem = "GPU memory not measured: n/m"
     log(f"plan {plan.name}: probe on {probe.get('device')} ({mem}); {c['n_train']} train / {c.get('n_holdout', 0)} "
         f"holdout / {c['n_test']} test images")
-    log(f"{'run':28s} {'accum':>8s} {'est. peak GiB':>14s} {'est. time':>10s} {'cumulative':>11s}")
-    log(f"{'(probe)':28s} {'':>8s} {'':>14s} {_dur(probe.get('seconds') or 0):>10s} "
-        f"{_dur(probe.get('seconds') or 0):>11s}")
-    for r in rows:
-        acc = "-" if r["accum"] is None else f"{'auto ' if r['auto'] else ''}{r['accum']}"
-        flag = "" if r["fits"] else "  <- does not fit"
-        log(f"{r['run']:28s} {acc:>8s} {r['peak']:>14s} {_dur(r['seconds']):>10s} {_dur(r['cumulative']):>11s}{flag}")
+    probe_s = _dur(probe.get("seconds") or 0)
+    table = [("(probe)", "", "", probe_s, probe_s, "")] + [
+        (r["run"], "-" if r["accum"] is None else f"{'auto ' if r['auto'] else ''}{r['accum']}", r["peak"],
+         _dur(r["seconds"]), _dur(r["cumulative"]), "" if r["fits"] else "<- does not fit") for r in rows]
+    text = pd.DataFrame(table, columns=["run", "accum", "est. peak GiB", "est. time", "cumulative", ""])
+    for line in text.to_string(index=False).splitlines():
+        log(line.rstrip())
     total = rows[-1]["cumulative"] if rows else float(probe.get("seconds") or 0)
     # One session runs the whole plan, unless the plan fans out as Kaggle kernels (one session each: `checks`)
     over = [] if plan.kaggle else [r["run"] for r in rows if r["cumulative"] > hours * 3600]

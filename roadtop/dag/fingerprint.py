@@ -7,11 +7,11 @@ from pathlib import Path
 
 from ..paths import atomic_write
 from .datafiles import scan
+from .params import FINGERPRINT_SKIPS
 
 __all__ = ["PART_NAMES", "file_hashes", "data_fingerprint", "job_parts", "fingerprint", "what_changed"]
 
 PART_NAMES = ("notebook", "params", "data", "upstream")  # what a job's fingerprint is made of, in this order
-_SET_BY_PIPELINE = ("out_dir", "data_path", "run_dirs", "ensemble_dir")  # paths: the data and upstream parts say what they hold
 
 
 def _sha(*parts) -> str:
@@ -79,10 +79,10 @@ def _notebook_source(nb: Path) -> str:
 def job_parts(job, data_fp: str, upstream: dict, members=None) -> dict:
     """What a job's result depends on: notebook source (hash), parameters, input data, the upstream jobs it reads.
 
-    Paths the pipeline sets (out_dir, data_path, run_dirs) are left out: the data and upstream parts already say
+    Paths the pipeline sets (roadtop.dag.params.FINGERPRINT_SKIPS) are left out: the data and upstream parts already say
     what they hold, so the same plan in another output folder has the same fingerprints.
     """
-    params = {k: v for k, v in job.params.items() if k not in _SET_BY_PIPELINE}
+    params = {k: v for k, v in job.params.items() if k not in FINGERPRINT_SKIPS}
     reads = job.needs if members is None else members
     return {"notebook": _sha(_notebook_source(job.notebook)),
             "params": json.loads(json.dumps(params, sort_keys=True, default=str)),

@@ -14,7 +14,7 @@ from .. import blend, ensemble
 from ..errors import RoadtopError
 from ..train import ITEM_METHODS
 
-__all__ = ["LIMITS", "notebook_params", "notebook_defaults", "check_value", "check_limit", "validate_params",
+__all__ = ["LIMITS", "SET_BY_PIPELINE", "FINGERPRINT_SKIPS", "notebook_params", "notebook_defaults", "check_value", "check_limit", "validate_params",
            "resolve_arch", "check_arch"]
 
 # What a value must be beyond its declared type, by name: for every notebook that declares it, and for the plan's
@@ -29,6 +29,12 @@ LIMITS = {
     "item_method": ITEM_METHODS, "method": ensemble.METHODS, "metric": blend.METRICS, "fit_on": ("auto", "oof", "holdout"),
     "demo.n_train": "> 0", "demo.n_test": "> 0", "demo.size": "> 0",
 }
+# Parameters the pipeline sets on every job it runs, so a plan may not: the paths it reads and writes, and the
+# probe's `runs` (the plan's training runs).
+SET_BY_PIPELINE = frozenset({"out_dir", "data_path", "run_dirs", "ensemble_dir", "runs"})
+# What a job's fingerprint leaves out of its parameters: the paths, whose content the data and upstream parts already
+# say (so the same plan in another output folder has the same fingerprints). `runs` stays in: the probe measures it.
+FINGERPRINT_SKIPS = SET_BY_PIPELINE - {"runs"}
 _RANGE = re.compile(r"(?:(>=?) (\S+)|([(\[])(\S+), (\S+)([)\]]))")
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "None": type(None)}

@@ -14,6 +14,7 @@ from ..errors import RoadtopError
 from ..paddy import make_demo, resolve_data
 from ..paths import NOTEBOOKS, ROOT, iskaggle
 from .budget import probe_runs, probe_stages
+from .params import SET_BY_PIPELINE as _SET_BY_PIPELINE  # the one list (roadtop.dag.params)
 from .params import check_arch, check_limit, notebook_params, validate_params
 from .render import Job
 from .stages import ORDER, stage
@@ -25,7 +26,6 @@ _TOP = {"name", "out_dir", "data", "kaggle", *ORDER}
 _DATA = {"path": str, "demo": dict, "holdout_pct": float, "holdout_seed": int, "labels": list, "skip_bad": bool}
 _DEMO = {k: type(p.default) for k, p in inspect.signature(make_demo).parameters.items()  # data.demo: make_demo's
          if k not in ("path", "progress")}  # own arguments (n_train, n_test, size, seed), typed by their defaults
-_SET_BY_PIPELINE = {"out_dir", "data_path", "run_dirs", "runs", "ensemble_dir"}
 RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a run's folder name: plain, never '.' or '..', never a path
 
 

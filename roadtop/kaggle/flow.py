@@ -4,9 +4,14 @@ import json
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+
+import pandas as pd
 
 from ..dag.plan import pick
 from ..dag.records import cause
@@ -16,16 +21,18 @@ from ..errors import RoadtopError
 from ..paths import KAGGLE_WORKING, atomic_write
 from .budget import gpu_seconds, quota_problem
 from .client import KaggleCallError, gpu_quota, kernel_image, api_username, call_kaggle, connect, kernel_version, owner_username
-from .kernels import Kernel, build_kernels, fingerprint, gpu_kernel, kaggle_out, kernel_of, select_jobs
+from .kernels import (Kernel, build_kernels, gpu_kernel, kaggle_out, kernel_fingerprint, kernel_of, recorded_fingerprint,
+                      select_jobs, source_versions)
 from .packnb import PACK_JSON
-from .record import load_state, save_state
+from .record import load_record, save_record
 from .schedule import Candidate, KernelState, decide, running_repushes, state_of
 from .settings import internet_on, settings
 
 __all__ = [
     "MARKER",
     "SESSION_CAP",
-    "SlotBusy",
+    "PushOutcome",
+    "PushResult",
     "KernelState",
     "collect",
     "push",
@@ -48,8 +55,21 @@ MARKER = "kaggle-kernel.json"  # written into a run's out_dir when `collect` ins
 SESSION_CAP = "maximum batch gpu session count"
 
 
-class SlotBusy(KaggleCallError):
-    """Kaggle refused a GPU kernel because the account's GPU sessions are all taken: retry when one frees."""
+class PushOutcome(str, Enum):
+    """What one push came to."""
+
+    PUSHED = "pushed"  # a new version, recorded
+    SESSIONS_BUSY = "sessions busy"  # Kaggle's session cap refused a GPU kernel: push it again when one frees
+    REFUSED = "refused"  # not counted as pushed: Kaggle refused it, or ran it without a source (recorded so)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """A push's outcome, the line that says it, and (REFUSED) the cause the live table shows."""
+
+    outcome: PushOutcome
+    message: str = ""
+    cause: str = ""
 
 
 def _now() -> str:
@@ -63,73 +83,79 @@ def _saved(version, url):
                            invalid_competition_sources=[], invalid_kernel_sources=[])
 
 
-def _push_one(api, plan, k: Kernel, st, state, log, sleep):
+def _recover_push(api, k: Kernel, before, kw: dict, code):
+    """After a 5xx or no answer to the push of `k`: the version SaveKernel made anyway, if the kernel has one
+    newer than `before` (so nothing is pushed twice); None to retry the push."""
+    now = call_kaggle(kernel_version, api, k.ref, what=f"version check of {k.ref}", **kw)
+    if now is None or now == before:
+        return None
+    kw["log"](f"{k.name}: Kaggle answered {code or 'nothing'} to the push, but {k.ref} has a new version {now}: "
+              "recorded it, not pushed again")
+    return _saved(now, f"https://www.kaggle.com/code/{k.ref}")
+
+
+def _lost_sources(resp) -> list:
+    """The sources SaveKernel could not attach yet still ran the version without (Kaggle/kaggle-cli#433: "The
+    following are not valid dataset sources and could not be added to the kernel: [...]" then "Kernel version
+    179 successfully pushed")."""
+    return [s for attr in ("invalid_dataset_sources", "invalid_competition_sources", "invalid_kernel_sources")
+            for s in (getattr(resp, attr, None) or [])]
+
+
+def _push_one(api, plan, k: Kernel, st, record, log, sleep) -> PushResult:
     """Push kernel folder `k` (`kernels_push`, as `kaggle kernels push` does) and record the new version; a
-    version that lost a source is recorded FAILED with the cause (and raised), a full GPU quota is SlotBusy."""
+    version that lost a source is recorded RUN_FAILED with the cause. HTTP failures raise KaggleCallError."""
     srcs = ", ".join([*k.meta["competition_sources"], *k.meta["dataset_sources"], *k.meta["kernel_sources"]])
     hint = {403: f"accept the rules at https://www.kaggle.com/competitions/{st.competition}/rules and check "
                  f"that {k.ref.split('/')[0]} owns {k.ref} and may use {srcs}",
             404: f"one of {srcs} does not exist: check kaggle.* in the plan"}
     kw = {"run": k.name, "st": st, "log": log, "sleep": sleep}
-    before = state["kernels"].get(k.name, {}).get("version")
+    before = record["kernels"].get(k.name, {}).get("version")
     if before is None:  # no record here (outputs wiped, another machine): ask Kaggle which version exists now
         before = call_kaggle(kernel_version, api, k.ref, what=f"version check of {k.ref}", **kw)
-
-    def recover(code):
-        """After a 5xx/no answer: the version SaveKernel made anyway, if it made one (never push twice)."""
-        now = call_kaggle(kernel_version, api, k.ref, what=f"version check of {k.ref}", **kw)
-        if now is None or now == before:
-            return None
-        log(f"{k.name}: Kaggle answered {code or 'nothing'} to the push, but {k.ref} has a new version {now}: "
-            "recorded it, not pushed again")
-        return _saved(now, f"https://www.kaggle.com/code/{k.ref}")
-
-    _pin_image(k, st, state)
+    _pin_image(k, st, record)
     resp = call_kaggle(api.kernels_push, str(k.folder), timeout=str(st.timeout) if st.timeout else None,
-                       what=f"push of {k.ref}", hint=hint, recover=recover, **kw)
+                       what=f"push of {k.ref}", hint=hint, recover=partial(_recover_push, api, k, before, kw), **kw)
     why = getattr(resp, "error", "") if resp is not None else "no answer"
     if why and SESSION_CAP in why.lower():
-        raise SlotBusy(f"{k.name}: Kaggle runs no more GPU sessions for this account now ({why.strip()})")
+        return PushResult(PushOutcome.SESSIONS_BUSY,
+                          f"{k.name}: Kaggle runs no more GPU sessions for this account now ({why.strip()})")
     if why:
-        raise KaggleCallError(f"{k.name}: Kaggle refused the push of {k.ref}: {why}")
-    fp, versions = fingerprint(k, state)
-    rec = {"ref": k.ref, "slug": k.slug, "folder": str(k.folder), "version": resp.version_number,
-           "url": resp.url, "sha": fp, "sources": versions, "gpu": gpu_kernel(k), "pushed_at": _now(),
-           "status": "QUEUED", "failure": "", "checked_at": "", "running_since": "", "runs": k.runs,
-           "pack": k.name not in k.runs}
-    # SaveKernel drops a source it cannot attach (a dataset still processing, a wrong name) and still runs the
-    # version, listing it under invalidDatasetSources (Kaggle/kaggle-cli#433: "The following are not valid
-    # dataset sources and could not be added to the kernel: [...]" then "Kernel version 179 successfully pushed")
-    bad = [s for attr in ("invalid_dataset_sources", "invalid_competition_sources", "invalid_kernel_sources")
-           for s in (getattr(resp, attr, None) or [])]
-    if bad:
-        cause = (f"Kaggle could not attach {', '.join(bad)} (still processing, or no such source): the version "
+        reason = f"Kaggle refused the push of {k.ref}: {why}"
+        return PushResult(PushOutcome.REFUSED, f"{k.name}: {reason}", reason)
+    entry = {"ref": k.ref, "slug": k.slug, "folder": str(k.folder), "version": resp.version_number,
+             "url": resp.url, "fingerprint": kernel_fingerprint(k, record), "sources": source_versions(k, record),
+             "gpu": gpu_kernel(k), "pushed_at": _now(), "status": KernelState.QUEUED.value, "failure": "",
+             "checked_at": "", "running_since": "", "runs": k.runs, "pack": k.name not in k.runs}
+    lost = _lost_sources(resp)
+    if lost:
+        reason = (f"Kaggle could not attach {', '.join(lost)} (still processing, or no such source): the version "
                  f"would run without it; wait until it is ready (kaggle datasets status), then push again")
-        rec.update(status="FAILED", failure=cause, sha="")
-        state["kernels"][k.name] = rec
-        save_state(plan, state)
-        err = KaggleCallError(f"{k.name}: {k.ref} v{resp.version_number} not counted as pushed: {cause}")
-        err.cause = cause
-        raise err
-    state["kernels"][k.name] = rec
-    save_state(plan, state)
+        record["kernels"][k.name] = {**entry, "status": KernelState.RUN_FAILED.value, "failure": reason,
+                                     "fingerprint": ""}
+        save_record(plan, record)
+        return PushResult(PushOutcome.REFUSED,
+                          f"{k.name}: {k.ref} v{resp.version_number} not counted as pushed: {reason}", reason)
+    record["kernels"][k.name] = entry
+    save_record(plan, record)
     carries = f" (runs {', '.join(k.runs)}, one per GPU)" if k.name not in k.runs else ""
     log(f"{k.name}: pushed {k.ref} version {resp.version_number}{carries} ({resp.url})")
-    if not state.get("docker_image"):  # the sweep's first kernel: every later one runs on its image
+    if not record.get("docker_image"):  # the sweep's first kernel: every later one runs on its image
         image = st.docker_image or call_kaggle(kernel_image, api, k.ref, what=f"image of {k.ref}", **kw)
         if image:
-            state["docker_image"] = image
-            save_state(plan, state)
+            record["docker_image"] = image
+            save_record(plan, record)
             log(f"kaggle: {k.ref} runs on {image}: every later kernel of {plan.name} is pinned to it")
+    return PushResult(PushOutcome.PUSHED)
 
 
 PINNING = "original"  # keep a version on the image it was saved with (kaggle 2.2.5 valid_push_pinning_types)
 
 
-def _pin_image(k: Kernel, st, state: dict):
+def _pin_image(k: Kernel, st, record: dict):
     """Write the sweep's image into `k`'s kernel-metadata.json (docker_image, docker_image_pinning_type): the
     plan's kaggle.docker_image, else the image of its first kernel; left out of the kernel's hash."""
-    image = st.docker_image or state.get("docker_image", "")
+    image = st.docker_image or record.get("docker_image", "")
     if not image:
         return
     meta = {**k.meta, "docker_image": image, "docker_image_pinning_type": PINNING}
@@ -150,69 +176,70 @@ def _dataset_ready(api, ds: str, st, log, sleep) -> str:
     return str(s or "").lower()
 
 
-def _up_to_date(k: Kernel, state: dict) -> bool:
+def _up_to_date(k: Kernel, record: dict) -> bool:
     """True when `k` is recorded with this content and these source versions, and did not end badly."""
-    rec = state["kernels"].get(k.name)
-    return bool(rec) and rec.get("sha") == fingerprint(k, state)[0] and not state_of(rec.get("status")).bad
+    rec = record["kernels"].get(k.name)
+    return bool(rec) and recorded_fingerprint(rec) == kernel_fingerprint(k, record) and not state_of(
+        rec.get("status")).bad
 
 
-def _candidate(k: Kernel, state: dict, user: str) -> Candidate:
+def _candidate(k: Kernel, record: dict, user: str) -> Candidate:
     """The scheduler's view of kernel `k`: what it reads, GPU, its own datasets (their status can be asked)."""
     mine = tuple(d for d in k.meta["dataset_sources"] if d.split("/")[0] == user)
     return Candidate(k.name, needs=tuple(k.needs), runs=tuple(k.runs), gpu=gpu_kernel(k), datasets=mine,
-                     current=_up_to_date(k, state))
+                     current=_up_to_date(k, record))
 
 
-def run_states(state: dict) -> dict:
+def run_states(record: dict) -> dict:
     """run -> KernelState, and kernel -> KernelState: a pack's runs share its state until it is COMPLETE, then
-    each has its own from the pack's pack.json (COMPLETE, or FAILED with its cause)."""
+    each has its own from the pack's pack.json (COMPLETE, or RUN_FAILED with its cause)."""
     out = {}
-    for n, rec in state["kernels"].items():
+    for n, rec in record["kernels"].items():
         s = out[n] = state_of(rec.get("status"))
         for run in rec.get("runs") or [n]:
             res = (rec.get("results") or {}).get(run)
             out[run] = s if s is not KernelState.COMPLETE or res is None else (
-                KernelState.COMPLETE if res["state"] == "complete" else KernelState.FAILED)
+                KernelState.COMPLETE if res["state"] == "complete" else KernelState.RUN_FAILED)
     return out
 
 
-def _state(state: dict, n: str) -> KernelState:
+def _kernel_state(record: dict, n: str) -> KernelState:
     """The recorded KernelState of run `n`."""
-    return state_of(state["kernels"][n].get("status"))
+    return state_of(record["kernels"][n].get("status"))
 
 
-def _holding(state: dict) -> int:
+def _holding(record: dict) -> int:
     """GPU kernels of the record that hold one of the account's sessions now."""
-    return sum(1 for r in state["kernels"].values() if r.get("gpu") and state_of(r.get("status")).holds_session)
+    return sum(1 for r in record["kernels"].values() if r.get("gpu") and state_of(r.get("status")).holds_session)
 
 
-def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep, live) -> int:
+def _schedule(api, plan, kernels: list, st, record, force, wait, user, log, sleep, live) -> int:
     """Push `kernels` (needed runs first) keeping at most st.max_gpu_sessions GPU kernels holding a session; a
     run that reads others goes when they are COMPLETE (roadtop.kaggle.schedule.decide says what to do, this loop
     asks Kaggle and does it). `wait`: poll until every kernel has ended."""
     todo, names = [], [k.name for k in kernels]
     for k in kernels:
-        if force or not _up_to_date(k, state) or any(n in {r for t in todo for r in t.runs} for n in k.needs):
+        if force or not _up_to_date(k, record) or any(n in {r for t in todo for r in t.runs} for n in k.needs):
             todo.append(k)
         else:
-            rec = state["kernels"][k.name]
+            rec = record["kernels"][k.name]
             log(f"{k.name}: {k.ref} version {rec.get('version')} is already pushed with these parameters "
                 "(--force pushes a new version)")
     failed, notes, refusals, rc, cap = {}, {}, 0, 0, st.max_gpu_sessions
     while True:
-        needed = {kernel_of(state, n) for k in todo for n in k.needs}  # kernels of the runs ours read
-        watch = [n for n, r in state["kernels"].items()  # and every GPU kernel of the plan that holds a session
+        needed = {kernel_of(record, n) for k in todo for n in k.needs}  # kernels of the runs ours read
+        watch = [n for n, r in record["kernels"].items()  # and every GPU kernel of the plan that holds a session
                  if (n in names or n in needed or r.get("gpu")) and state_of(r.get("status")).holds_session]
         if watch:
             try:
-                refresh(api, plan, watch, st=st, state=state, log=log, sleep=sleep)
+                refresh(api, plan, watch, st=st, record=record, log=log, sleep=sleep)
             except KaggleCallError as e:  # a long fan-out waits out an outage; a short command reports it
                 if not wait or e.code == 401:
                     raise
                 log(f"{e}; the next poll tries again")
-        states = run_states(state)
-        busy = _holding(state)
-        cands = [_candidate(k, state, user) for k in todo]
+        states = run_states(record)
+        busy = _holding(record)
+        cands = [_candidate(k, record, user) for k in todo]
         queued = {r for k in todo for r in k.runs}
         datasets = {d: _dataset_ready(api, d, st, log, sleep) for c in cands if not any(
             n in queued or states.get(n) is not KernelState.COMPLETE for n in c.needs) for d in c.datasets}
@@ -233,29 +260,35 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
                 notes[k.name] = "Kaggle: GPU sessions busy" if d.action == "push" else d.why
             else:
                 try:
-                    _push_one(api, plan, k, st, state, log, sleep)
-                except SlotBusy as e:
-                    refused = True  # the account runs fewer than asked now (or others hold them): retry next poll
-                    notes[k.name] = "Kaggle: GPU sessions busy"
-                    if refusals == 0:
-                        log(f"{e}: the next GPU kernel goes when one of the {busy} running here ends")
-                    continue
+                    done = _push_one(api, plan, k, st, record, log, sleep)
                 except KaggleCallError as e:
                     log(str(e))
-                    failed[k.name] = getattr(e, "cause", "") or str(e).split(": ", 1)[-1]
+                    failed[k.name] = str(e).split(": ", 1)[-1]
                     todo.remove(k)
                     rc = 1
                     if e.code == 401:  # every further call would fail the same way
                         return rc
                     continue
+                if done.outcome is PushOutcome.SESSIONS_BUSY:
+                    refused = True  # the account runs fewer than asked now (or others hold them): retry next poll
+                    notes[k.name] = "Kaggle: GPU sessions busy"
+                    if refusals == 0:
+                        log(f"{done.message}: the next GPU kernel goes when one of the {busy} running here ends")
+                    continue
+                if done.outcome is PushOutcome.REFUSED:
+                    log(done.message)
+                    failed[k.name] = done.cause
+                    todo.remove(k)
+                    rc = 1
+                    continue
                 todo.remove(k)
                 notes.pop(k.name, None)
                 progress = True
-        busy = _holding(state)
+        busy = _holding(record)
         refusals = refusals + 1 if refused and not busy else 0  # none of ours runs: others hold the sessions
-        live.show(*status_table(state, names, notes={k.name: notes.get(k.name, "") for k in todo},
+        live.show(*status_table(record, names, notes={k.name: notes.get(k.name, "") for k in todo},
                                 failed=failed, runs_of={k.name: k.runs for k in kernels}))
-        running = [n for n in names if n in state["kernels"] and _state(state, n).holds_session]
+        running = [n for n in names if n in record["kernels"] and _kernel_state(record, n).holds_session]
         if not todo and (not wait or not running):
             break
         if not wait:
@@ -266,8 +299,8 @@ def _schedule(api, plan, kernels: list, st, state, force, wait, user, log, sleep
                     "`push --wait` / `kaggle run` to keep going")
             break
         sleep(min(st.poll_interval * 2 ** max(0, refusals - 1), 1800.0))  # backs off while others hold them
-    runs_now = run_states(state)
-    if wait and any(runs_now[r].bad for k in kernels if k.name in state["kernels"] for r in [k.name, *k.runs]):
+    runs_now = run_states(record)
+    if wait and any(runs_now[r].bad for k in kernels if k.name in record["kernels"] for r in [k.name, *k.runs]):
         rc = 1
     return rc
 
@@ -279,42 +312,42 @@ def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool
     already pushed with the same content and source versions is skipped unless `force`. Returns exit code."""
     st = settings(plan)
     jobs = select_jobs(plan, runs, st)
-    state = load_state(plan)
+    record = load_record(plan)
     online, why = internet_on(st)
     if dry_run:
         user = st.username or owner_username()
         if not user:
             raise RoadtopError(f"push --dry-run needs the owner: set kaggle.username in {plan.source}, "
                                "KAGGLE_USERNAME, ~/.kaggle/kaggle.json or ~/.kaggle/access_token")
-        built = build_kernels(plan, jobs, user, st, state, log=log, seconds=gpu_seconds(plan))
+        built = build_kernels(plan, jobs, user, st, record, log=log, seconds=gpu_seconds(plan))
         log(f"kaggle: internet {'on' if online else 'off'} ({why})")
         for k in built:
             log(f"{k.name}: kernel folder {k.folder} (not pushed: --dry-run)")
         return 0
     api = api or connect()
     user = st.username or api_username(api)
-    kernels = build_kernels(plan, jobs, user, st, state, log=log, seconds=gpu_seconds(plan))
-    _refuse_running_repush(api, plan, kernels, st, state, force, force_running, log, sleep)
-    _check_quota(api, plan, [k for k in kernels if gpu_kernel(k) and (force or not _up_to_date(k, state))], st,
+    kernels = build_kernels(plan, jobs, user, st, record, log=log, seconds=gpu_seconds(plan))
+    _refuse_running_repush(api, plan, kernels, st, record, force, force_running, log, sleep)
+    _check_quota(api, plan, [k for k in kernels if gpu_kernel(k) and (force or not _up_to_date(k, record))], st,
                  override, log, sleep)
     packs = (f", each training up to {st.gpus_per_session} runs at once, one per GPU (gpus_per_session)"
              if st.gpus_per_session > 1 else "")
     log(f"kaggle: internet {'on' if online else 'off'} ({why}); at most {st.max_gpu_sessions} GPU kernels at once"
         + packs)
     live = _Live(out or sys.stdout)
-    return _schedule(api, plan, kernels, st, state, force, wait, user, live.below(log), sleep, live)
+    return _schedule(api, plan, kernels, st, record, force, wait, user, live.below(log), sleep, live)
 
 
-def _refuse_running_repush(api, plan, kernels, st, state, force, force_running, log, sleep):
+def _refuse_running_repush(api, plan, kernels, st, record, force, force_running, log, sleep):
     """Refuse (one line) to push a new version of a kernel whose recorded version is queued or running: Kaggle
     does not stop the old one (Kaggle/kaggle-cli#388), so both sessions are billed; `force_running` goes ahead."""
-    again = [k.name for k in kernels if k.name in state["kernels"] and (force or not _up_to_date(k, state))]
-    live = running_repushes(again, state)
+    again = [k.name for k in kernels if k.name in record["kernels"] and (force or not _up_to_date(k, record))]
+    live = running_repushes(again, record)
     if live:
-        refresh(api, plan, live, st=st, state=state, log=log, sleep=sleep)
-        live = running_repushes(live, state)
+        refresh(api, plan, live, st=st, record=record, log=log, sleep=sleep)
+        live = running_repushes(live, record)
     for n in live:
-        rec = state["kernels"][n]
+        rec = record["kernels"][n]
         if not force_running:
             raise RoadtopError(f"{n}: {rec['ref']} v{rec['version']} is {rec['status']} on Kaggle: a new version "
                                "would not stop it and both sessions would be billed (Kaggle/kaggle-cli#388); wait "
@@ -385,18 +418,18 @@ def _pack_results(api, n, rec, st, log, sleep) -> dict:
     return {run: results.get(run, missing) for run in rec["runs"]}
 
 
-def refresh(api, plan, names, st=None, state=None, log=print, sleep=time.sleep) -> dict:
+def refresh(api, plan, names, st=None, record=None, log=print, sleep=time.sleep) -> dict:
     """Ask Kaggle for the status of the kernels of runs `names` and record it: run -> (status, message). A
-    version recorded FAILED (lost a source) keeps that verdict until the run is pushed again."""
+    version recorded RUN_FAILED (lost a source) keeps that verdict until the run is pushed again."""
     st = st or settings(plan)
-    state = state if state is not None else load_state(plan)
+    record = record if record is not None else load_record(plan)
     out = {}
     for n in names:
-        rec = state["kernels"].get(n)
+        rec = record["kernels"].get(n)
         if rec is None:
             raise RoadtopError(f"{n}: was never pushed to Kaggle: run `pipeline.py kaggle push --only {n}`")
-        if rec.get("status") == "FAILED":
-            out[n] = ("FAILED", rec.get("failure", ""))
+        if state_of(rec.get("status")) is KernelState.RUN_FAILED:
+            out[n] = (KernelState.RUN_FAILED.value, rec.get("failure", ""))
             continue
         hint = {403: f"{rec['ref']} must belong to the account of these credentials",
                 404: f"push it first (pipeline.py kaggle push --only {n})"}
@@ -409,39 +442,39 @@ def refresh(api, plan, names, st=None, state=None, log=print, sleep=time.sleep) 
         if s == "COMPLETE" and rec.get("pack") and "results" not in rec:
             rec["results"] = _pack_results(api, n, rec, st, log, sleep)
         out[n] = (s, rec["failure"])
-    save_state(plan, state)
+    save_record(plan, record)
     return out
 
 
-def _pushed(plan, state: dict, runs=None) -> list:
+def _pushed(plan, record: dict, runs=None) -> list:
     """The pushed kernels carrying a job (or named) as `runs` picks (roadtop.dag.plan.pick; all when None)."""
-    names = list(state["kernels"])
+    names = list(record["kernels"])
     if not names:
         raise RoadtopError(f"nothing of {plan.source} is pushed to Kaggle yet: run `pipeline.py kaggle push`")
-    carried = {n: [n, *(state["kernels"][n].get("runs") or [])] for n in names}
+    carried = {n: [n, *(record["kernels"][n].get("runs") or [])] for n in names}
     hit = set(pick(dict.fromkeys(x for xs in carried.values() for x in xs), runs, "among those pushed"))
     return [n for n in names if hit & set(carried[n])]
 
 
-def stale_sources(state: dict, name: str) -> list:
+def stale_sources(record: dict, name: str) -> list:
     """The runs whose kernel has a newer version than the one run `name` was pushed to read."""
-    rec = state["kernels"].get(name, {})
+    rec = record["kernels"].get(name, {})
     return [n for n, v in (rec.get("sources") or {}).items()
-            if state["kernels"].get(kernel_of(state, n), {}).get("version") != v]
+            if record["kernels"].get(kernel_of(record, n), {}).get("version") != v]
 
 
 def _elapsed(since: str) -> str:
-    """h:mm:ss since ISO time `since`, or '?'."""
+    """h:mm:ss since ISO time `since` (UTC), or '?'."""
     try:
-        secs = max(0, int((datetime.now(timezone.utc) - datetime.fromisoformat(since)).total_seconds()))
+        took = datetime.now(timezone.utc) - datetime.fromisoformat(since)
     except (TypeError, ValueError):
         return "?"
-    return f"{secs // 3600}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+    return str(timedelta(seconds=max(0, int(took.total_seconds()))))
 
 
-def _phase(state: dict, n: str, notes: dict, failed: dict) -> tuple:
+def _phase(record: dict, n: str, notes: dict, failed: dict) -> tuple:
     """(word, detail) for run `n` in the live table: waiting / queued / running / complete / error / failed."""
-    r = state["kernels"].get(n)
+    r = record["kernels"].get(n)
     if n in failed:
         return "failed", failed[n]
     if n in notes:
@@ -449,12 +482,12 @@ def _phase(state: dict, n: str, notes: dict, failed: dict) -> tuple:
     if r is None:
         return "not pushed", ""
     s = r.get("status", "?")
-    stale = stale_sources(state, n)
+    stale = stale_sources(record, n)
     extra = f"; stale: {', '.join(stale)} pushed anew since" if stale else ""
     if s == "RUNNING":
         return "running", _elapsed(r.get("running_since") or r.get("pushed_at")) + extra
-    if s in ("ERROR", "FAILED"):
-        return s.lower(), (r.get("failure") or "no message") + extra
+    if state_of(s) in (KernelState.ERROR, KernelState.RUN_FAILED):
+        return "error" if state_of(s) is KernelState.ERROR else "failed", (r.get("failure") or "no message") + extra
     if s == "CANCEL_ACKNOWLEDGED":
         return "cancelled", (r.get("failure") or "cancelled on Kaggle") + extra
     if s == "CANCEL_REQUESTED":
@@ -464,22 +497,21 @@ def _phase(state: dict, n: str, notes: dict, failed: dict) -> tuple:
     return s.lower(), extra.lstrip("; ")
 
 
-def status_table(state: dict, names, notes=None, failed=None, runs_of=None) -> tuple:
-    """(lines, key) of the status table, a row per run: run, its kernel, version, state (waiting / queued /
+def status_table(record: dict, names, notes=None, failed=None, runs_of=None) -> tuple:
+    """(lines, key) of the status table, a row per run: run, its kernel, version, record (waiting / queued /
     running (elapsed) / complete / error (cause), stale when a run it reads was pushed anew; a pack's run: its
     own outcome once the pack is COMPLETE); `names`: kernels; `key` ignores the clock."""
     notes, failed, runs_of = notes or {}, failed or {}, runs_of or {}
-    rows, key = [("RUN", "KERNEL", "VER", "STATE")], []
+    rows, key = [], []
     for n in names:
-        r = state["kernels"].get(n, {})
-        word, detail = _phase(state, n, notes, failed)
+        r = record["kernels"].get(n, {})
+        word, detail = _phase(record, n, notes, failed)
         for run in r.get("runs") or runs_of.get(n) or [n]:
             res = (r.get("results") or {}).get(run) if word == "complete" else None
             w, d = ("failed", res["cause"]) if res and res["state"] != "complete" else (word, detail)
             rows.append((run, r.get("ref", "-"), str(r.get("version", "-")), f"{w} ({d})" if d else w))
             key.append((run, w, d if w != "running" else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = pd.DataFrame(rows, columns=["RUN", "KERNEL", "VER", "STATE"]).to_string(index=False).splitlines()
     return lines, tuple(key)
 
 
@@ -498,7 +530,7 @@ class _Live:
                 self.out.write(f"\x1b[{len(self.lines)}F\x1b[J")  # cursor up over the old table, clear
             self.out.write("\n".join(lines) + "\n")
         elif key is None or key != self.key:
-            self.out.write(f"[{datetime.now().strftime('%H:%M:%S')}]\n" + "\n".join(lines) + "\n")
+            self.out.write(f"[{datetime.now(timezone.utc):%H:%M:%S} UTC]\n" + "\n".join(lines) + "\n")
         self.out.flush()
         self.lines, self.key = lines, key
 
@@ -516,33 +548,33 @@ def status(plan, runs=None, once: bool = False, interval=None, api=None, out=Non
     """Poll the pushed kernels (QUEUED/RUNNING/COMPLETE/ERROR...) with a live table until all have ended (or
     once). Returns 1 when one ended in ERROR or was cancelled, else 0."""
     st = settings(plan)
-    state = load_state(plan)
-    names = _pushed(plan, state, runs)
+    record = load_record(plan)
+    names = _pushed(plan, record, runs)
     api = api or connect()
     live, reported = _Live(out or sys.stdout), set()
     log = live.below(log)
-    if state.get("docker_image"):
-        log(f"kaggle: the kernels of {plan.name} run on {state['docker_image']} (pinned after the first push)")
+    if record.get("docker_image"):
+        log(f"kaggle: the kernels of {plan.name} run on {record['docker_image']} (pinned after the first push)")
     while True:
-        now = refresh(api, plan, names, st=st, state=state, log=log, sleep=sleep)
-        live.show(*status_table(state, names))
+        now = refresh(api, plan, names, st=st, record=record, log=log, sleep=sleep)
+        live.show(*status_table(record, names))
         for n, (s, msg) in now.items():
             if state_of(s).bad and n not in reported:
                 reported.add(n)
-                log(f"{n}: kernel {state['kernels'][n]['ref']} ended in {s}: {msg or 'no message'} "
+                log(f"{n}: kernel {record['kernels'][n]['ref']} ended in {s}: {msg or 'no message'} "
                     f"(`pipeline.py kaggle collect --only {n}` downloads its log)")
-            for run, res in (state["kernels"][n].get("results") or {}).items():
+            for run, res in (record["kernels"][n].get("results") or {}).items():
                 if res["state"] != "complete" and run not in reported:
                     reported.add(run)
-                    log(f"{run}: failed in pack {state['kernels'][n]['ref']} (GPU {res.get('gpu')}): "
+                    log(f"{run}: failed in pack {record['kernels'][n]['ref']} (GPU {res.get('gpu')}): "
                         f"{res['cause']} (`pipeline.py kaggle collect --only {run}` downloads its notebook)")
         if once or all(state_of(s).ended for s, _ in now.values()):
             for n in names:
-                if stale_sources(state, n):
-                    log(f"{n}: stale: {', '.join(stale_sources(state, n))} was pushed anew since; "
+                if stale_sources(record, n):
+                    log(f"{n}: stale: {', '.join(stale_sources(record, n))} was pushed anew since; "
                         "`pipeline.py kaggle push` (or `kaggle run`) pushes it again")
-            runs_now = run_states(state)
-            return 1 if any(runs_now[x].bad for n in names for x in [n, *state["kernels"][n].get("runs", [])]) else 0
+            runs_now = run_states(record)
+            return 1 if any(runs_now[x].bad for n in names for x in [n, *record["kernels"][n].get("runs", [])]) else 0
         sleep(interval or st.poll_interval)
 
 
@@ -588,18 +620,19 @@ def collect(plan, runs=None, replace: bool = False, api=None, log=print, sleep=t
     COMPLETE one into its run's out_dir under outputs/, then write outputs/report.html. Returns 0 when all were
     COMPLETE and collected."""
     st = settings(plan)
-    state = load_state(plan)
-    names = _pushed(plan, state, runs)
+    record = load_record(plan)
+    names = _pushed(plan, record, runs)
     api = api or connect()
     jobs = {j.name: j for j in plan.jobs}
     rc, failed = 0, {}
     for n in names:
-        rec = state["kernels"][n]
+        rec = record["kernels"][n]
         try:
-            s, msg = refresh(api, plan, [n], st=st, state=state, log=log, sleep=sleep)[n]
-            if not state_of(s).ended or s == "FAILED":
+            s, msg = refresh(api, plan, [n], st=st, record=record, log=log, sleep=sleep)[n]
+            lost = state_of(s) is KernelState.RUN_FAILED
+            if not state_of(s).ended or lost:
                 log(f"{n}: {rec['ref']} v{rec.get('version')} is {s}"
-                    + (f" ({msg})" if s == "FAILED" else "; collect it once it is COMPLETE (pipeline.py kaggle status)"))
+                    + (f" ({msg})" if lost else "; collect it once it is COMPLETE (pipeline.py kaggle status)"))
                 rc = 1
                 continue
             dest = _download(api, n, rec, st, log, sleep)
@@ -636,19 +669,19 @@ def submit(plan, message=None, api=None, log=print, sleep=time.sleep) -> int:
     """Submit the ensemble: to a code competition its kernel + version (CreateCodeSubmission), to a file
     competition the submission.csv that kernel wrote (downloaded by `collect`). Returns an exit code."""
     st = settings(plan)
-    state = load_state(plan)
-    ens = [j for j in plan.jobs if j.name in state["kernels"] and  # a code competition reruns the predict kernel
+    record = load_record(plan)
+    ens = [j for j in plan.jobs if j.name in record["kernels"] and  # a code competition reruns the predict kernel
            (stage(j.stage).predicts if st.code_competition else "submission.csv" in stage(j.stage).publishes)]
     if not ens:
         what = "predict kernel (a `predict:` section)" if st.code_competition else "ensemble"
         raise RoadtopError(f"the {what} of {plan.source} is not on Kaggle: run `pipeline.py kaggle push`")
-    job, rec = ens[0], state["kernels"][ens[0].name]
+    job, rec = ens[0], record["kernels"][ens[0].name]
     api = api or connect()
     msg = message or f"roadtop {plan.name}: {rec['ref']} v{rec['version']}"
     kw = {"run": job.name, "st": st, "log": log, "sleep": sleep,
           "hint": f"accept the rules at https://www.kaggle.com/competitions/{st.competition}/rules"}
     if st.code_competition:
-        s, _ = refresh(api, plan, [job.name], st=st, state=state, log=log, sleep=sleep)[job.name]
+        s, _ = refresh(api, plan, [job.name], st=st, record=record, log=log, sleep=sleep)[job.name]
         if s != "COMPLETE":
             raise RoadtopError(f"{job.name}: {rec['ref']} v{rec['version']} is {s}; Kaggle takes a code "
                                "submission only from a COMPLETE version: wait (pipeline.py kaggle status)")
@@ -666,8 +699,8 @@ def submit(plan, message=None, api=None, log=print, sleep=time.sleep) -> int:
         if getattr(resp, "message", "") == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
             raise KaggleCallError(f"{job.name}: uploading {csv} failed: rerun `pipeline.py kaggle submit`")
         sent = {"file": str(csv)}
-    state.setdefault("submissions", []).append(
+    record.setdefault("submissions", []).append(
         {**sent, "ref": getattr(resp, "ref", None), "message": getattr(resp, "message", ""), "at": _now()})
-    save_state(plan, state)
+    save_record(plan, record)
     log(f"{job.name}: {getattr(resp, 'message', '')} (submission {getattr(resp, 'ref', '?')})")
     return 0

@@ -13,7 +13,7 @@ from papermill.parameterize import parameterize_notebook
 from ..dag.stages import stage
 from ..errors import RoadtopError
 from ..paths import KAGGLE_INPUT, KAGGLE_WORKING, atomic_write
-from .record import load_state
+from .record import load_record
 from .packnb import pack_notebook
 from .schedule import pack_runs
 from .settings import KaggleSettings, internet_on, kaggle_dir, kernel_slug, kernel_title, settings
@@ -23,14 +23,16 @@ __all__ = [
     "Kernel",
     "bootstrap_source",
     "build_kernels",
-    "fingerprint",
     "gpu_kernel",
     "kaggle_out",
     "kaggle_params",
     "kernel_metadata",
     "kernel_notebook",
+    "kernel_fingerprint",
     "kernel_of",
+    "recorded_fingerprint",
     "select_jobs",
+    "source_versions",
 ]
 
 
@@ -41,7 +43,7 @@ BOOTSTRAP_NOTE = ("*The hidden cell below writes the helper modules of this less
 @dataclass
 class Kernel:
     """A Kaggle kernel: the jobs it runs (one, or a GPU pack), slug, owner/slug ref, folder, metadata, the runs
-    it reads, hash."""
+    it reads, the hash of what it sends."""
 
     jobs: list
     slug: str
@@ -49,7 +51,7 @@ class Kernel:
     folder: Path
     meta: dict
     needs: list  # runs (of other kernels) whose outputs it reads
-    sha: str  # of the notebook and its metadata; `fingerprint` adds the versions of the kernels it reads
+    content_hash: str  # of the notebook and its metadata; `kernel_fingerprint` adds the versions of its sources
     name: str = ""  # the run name for one job (e.g. train/convnext), pack<i> for a pack
 
     def __post_init__(self):
@@ -67,11 +69,11 @@ class Kernel:
         return [j.name for j in self.jobs]
 
 
-def kernel_of(state: dict, run: str) -> str:
+def kernel_of(record: dict, run: str) -> str:
     """The name of the recorded kernel that carries run `run` (itself, or its pack); "" if none."""
-    if run in state["kernels"]:
+    if run in record["kernels"]:
         return run
-    return next((n for n, r in state["kernels"].items() if run in (r.get("runs") or ())), "")
+    return next((n for n, r in record["kernels"].items() if run in (r.get("runs") or ())), "")
 
 
 def gpu_kernel(k: Kernel) -> bool:
@@ -79,14 +81,24 @@ def gpu_kernel(k: Kernel) -> bool:
     return bool(k.meta.get("enable_gpu"))
 
 
-def fingerprint(k: Kernel, state: dict) -> tuple:
-    """(fingerprint, versions read) of `k`: its content hash plus the recorded versions of the kernels it
-    reads, so re-pushing a source run (a new version) makes the kernel that reads it stale."""
-    versions = {n: state["kernels"].get(kernel_of(state, n), {}).get("version") for n in k.needs}
+def source_versions(k: Kernel, record: dict) -> dict:
+    """run -> the recorded version of the kernel carrying it, for each run `k` reads."""
+    return {n: record["kernels"].get(kernel_of(record, n), {}).get("version") for n in k.needs}
+
+
+def kernel_fingerprint(k: Kernel, record: dict) -> str:
+    """What decides whether `k` is up to date on Kaggle (as a job's fingerprint does locally): its content hash
+    plus the versions of the kernels it reads, so re-pushing a source run makes the kernel that reads it stale."""
+    versions = source_versions(k, record)
     if not versions:
-        return k.sha, {}
-    text = k.sha + json.dumps(versions, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16], versions
+        return k.content_hash
+    text = k.content_hash + json.dumps(versions, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recorded_fingerprint(entry: dict) -> str:
+    """The fingerprint a push record's kernel entry was pushed with ("sha" in records written before the rename)."""
+    return entry.get("fingerprint", entry.get("sha", ""))
 
 
 def select_jobs(plan, runs=None, st: KaggleSettings | None = None) -> list:
@@ -338,15 +350,15 @@ def _groups(plan, jobs: list, st, seconds: dict) -> list:
     return out + [(j.name, [j]) for j in ordered if j.name not in by]
 
 
-def build_kernels(plan, jobs: list, username: str, st=None, state=None, write=True, log=print,
+def build_kernels(plan, jobs: list, username: str, st=None, record=None, write=True, log=print,
                   seconds=None) -> list:
     """Kernel folders (notebook + kernel-metadata.json) under outputs/ for `jobs`, needed runs first; GPU runs
     in packs of kaggle.gpus_per_session (`seconds`: the probe's estimates, run -> seconds)."""
     st = st or settings(plan)
-    state = state if state is not None else load_state(plan)
+    record = record if record is not None else load_record(plan)
     groups = _groups(plan, jobs, st, seconds or {})
     slug_of = {}  # run -> slug of the kernel that carries it
-    for n, rec in state.get("kernels", {}).items():
+    for n, rec in record.get("kernels", {}).items():
         for run in rec.get("runs") or [n]:
             slug_of[run] = rec.get("slug") or kernel_slug(st.slug_prefix, n)
     for name, group in groups:
@@ -372,14 +384,14 @@ def build_kernels(plan, jobs: list, username: str, st=None, state=None, write=Tr
         texts = [nbformat.writes(kernel_notebook(j.notebook, kaggle_params(j, slug_of, st, by_name))) for j in group]
         text = texts[0] if len(group) == 1 and name == group[0].name else nbformat.writes(
             pack_notebook(group, texts, [kaggle_out(j).name for j in group], st.gpus_per_session))
-        sha = hashlib.sha256((text + json.dumps(meta, sort_keys=True)).encode()).hexdigest()[:16]
+        content_hash = hashlib.sha256((text + json.dumps(meta, sort_keys=True)).encode()).hexdigest()[:16]
         folder = kaggle_dir(plan) / slug
         if write:
             with atomic_write(folder / meta["code_file"]) as f:
                 f.write(text)
             with atomic_write(folder / "kernel-metadata.json") as f:
                 json.dump(meta, f, indent=2)
-        kernels.append(Kernel(group, slug, ref, folder, meta, needs, sha, name))
+        kernels.append(Kernel(group, slug, ref, folder, meta, needs, content_hash, name))
     for n, who in missing.items():
         log(f"{', '.join(who)}: need {n}, which is not sent to Kaggle; their kernels run without it")
     return kernels

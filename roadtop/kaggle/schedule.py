@@ -4,11 +4,11 @@ fail (why). No HTTP here; roadtop.kaggle.flow asks Kaggle, calls `decide`, does 
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["Candidate", "Decision", "KernelState", "decide", "pack_runs", "running_repushes", "state_of"]
+__all__ = ["ENDED_BADLY", "Candidate", "Decision", "KernelState", "decide", "pack_runs", "running_repushes", "state_of"]
 
 
 class KernelState(str, Enum):
-    """A kernel version's state: kagglesdk's KernelWorkerStatus (kernels_enums.py, 2.2.5) plus FAILED, ours."""
+    """A kernel version's state: kagglesdk's KernelWorkerStatus (kernels_enums.py, 2.2.5) plus RUN_FAILED, ours."""
 
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
@@ -17,7 +17,9 @@ class KernelState(str, Enum):
     CANCEL_REQUESTED = "CANCEL_REQUESTED"  # asked to stop, still running: it still holds its GPU session
     CANCEL_ACKNOWLEDGED = "CANCEL_ACKNOWLEDGED"  # stopped: ended, as a failure
     NEW_SCRIPT = "NEW_SCRIPT"  # a version made, not yet queued: it waits like QUEUED
-    FAILED = "FAILED"  # ours: a version Kaggle took but that cannot do its job (it lost a source)
+    # ours: a run that gives no outputs although Kaggle did not say ERROR: its version lost a source, or the run
+    # failed inside its pack (its pack.json says so). (Not the dag's failed.json: that is a local job's record.)
+    RUN_FAILED = "RUN_FAILED"
 
     @property
     def holds_session(self) -> bool:
@@ -33,7 +35,7 @@ class KernelState(str, Enum):
     @property
     def bad(self) -> bool:
         """True for a version that ended without its outputs."""
-        return self in (KernelState.ERROR, KernelState.CANCEL_ACKNOWLEDGED, KernelState.FAILED)
+        return self in ENDED_BADLY
 
     @property
     def why(self) -> str:
@@ -41,11 +43,15 @@ class KernelState(str, Enum):
         return "cancelled on Kaggle" if self is KernelState.CANCEL_ACKNOWLEDGED else ""
 
 
+ENDED_BADLY = frozenset({KernelState.ERROR, KernelState.CANCEL_ACKNOWLEDGED, KernelState.RUN_FAILED})
+_RENAMED = {"FAILED": "RUN_FAILED"}  # as push records written before the rename say it
+
+
 def state_of(text) -> KernelState:
     """The KernelState named by `text` (a record's status, or the client's enum); an unknown name is taken as
     QUEUED: it holds a session until Kaggle says otherwise."""
     name = getattr(text, "name", str(text or "")).upper()
-    return KernelState.__members__.get(name, KernelState.QUEUED)
+    return KernelState.__members__.get(_RENAMED.get(name, name), KernelState.QUEUED)
 
 
 @dataclass(frozen=True)
@@ -118,10 +124,10 @@ def decide(todo: list, states: dict, datasets: dict, busy: int, cap: int, failed
     return out
 
 
-def running_repushes(names, state: dict) -> list:
+def running_repushes(names, record: dict) -> list:
     """The runs of `names` whose recorded version still holds a session: a new version would not stop it
     (Kaggle/kaggle-cli#388), so both would be billed."""
-    return [n for n in names if n in state["kernels"] and state_of(state["kernels"][n].get("status")).holds_session]
+    return [n for n in names if n in record["kernels"] and state_of(record["kernels"][n].get("status")).holds_session]
 
 
 def pack_runs(seconds: dict, gpus: int, session_s: float) -> tuple:
