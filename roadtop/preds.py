@@ -39,7 +39,8 @@ def error(probs, vocab, labels) -> float:
     """Share of rows whose argmax class (a name from `vocab`) differs from `labels`; NaN for no rows."""
     if not len(labels):
         return float("nan")
-    return float(zero_one_loss(list(labels), np.asarray(vocab)[np.asarray(probs).argmax(1)]))
+    misses = zero_one_loss(list(labels), np.asarray(vocab)[np.asarray(probs).argmax(1)], normalize=False)
+    return float(misses / len(labels))  # a count over n: 0.1, where 1 - accuracy gives 0.0999...
 
 
 def save_preds(out_dir, p: RunPreds) -> Path:
