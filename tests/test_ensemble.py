@@ -1,4 +1,5 @@
-"""The ensemble on hand-made arrays: weighted mean, fitted weights, k-fold bags, submission order, refusals."""
+"""The ensemble on hand-made arrays: weighted mean, fitted ensembles, the choice, k-fold bags, submission order,
+refusals (the fitting maths alone: test_blend.py)."""
 
 import json
 
@@ -7,6 +8,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 from conftest import ROOT, pipeline, tiny_plan
+from test_blend import C, member
 
 from roadtop import blend, ensemble, paddy, preds
 from roadtop.errors import RoadtopError
@@ -78,19 +80,6 @@ def test_holdout_table_members_and_ensemble():
 
 # --- fitted weights on hand-made predictions -------------------------------------------------------------------
 
-C = 10  # classes, as in Paddy
-
-
-def member(y, acc, rng, conf=0.6):
-    """Probabilities that put `conf` on the true class for a share `acc` of rows, else on a random wrong class."""
-    n = len(y)
-    right = rng.random(n) < acc
-    top = np.where(right, y, (y + rng.integers(1, C, n)) % C)
-    p = np.full((n, C), (1 - conf) / (C - 1))
-    p[np.arange(n), top] = conf
-    return p
-
-
 def hand_runs(probs, y, names=None):
     """RunPreds whose holdout is `y` (class indices) with the given holdout probabilities."""
     vocab = [f"c{i}" for i in range(C)]
@@ -148,47 +137,6 @@ def test_independent_errors_fitted_ensemble_beats_every_member():
     best = t.loc[["m0", "m1", "m2"], "holdout_accuracy"].max()
     for m in ("greedy", "optimize"):  # cross-fitted: scored on rows its weights were not fitted on
         assert t.loc[m, "holdout_accuracy"] > best, (m, t.loc[m, "holdout_accuracy"], best)
-
-
-def test_greedy_by_hand():
-    y = np.array([0, 1, 2, 0])
-    a = np.eye(3)[[0, 1, 1, 0]] * 0.8 + 0.2 / 3  # right on 3 of 4
-    b = np.eye(3)[[1, 1, 2, 0]] * 0.8 + 0.2 / 3  # right on 3 of 4, wrong elsewhere
-    c = np.eye(3)[[2, 2, 1, 1]] * 0.8 + 0.2 / 3  # right on none
-    w = blend.greedy_weights([a, b, c], y, rounds=10)
-    assert w[2] == 0 and w[0] > 0 and w[1] > 0 and np.isclose(w.sum(), 1)
-    assert blend.log_loss(blend.blend([a, b, c], w), y) < min(blend.log_loss(p, y) for p in (a, b))
-    assert blend.greedy_weights([a, b, c], y, metric="accuracy", rounds=1).tolist() == [1, 0, 0]  # ties: first
-
-
-def test_optimize_weights_minimise_log_loss():
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, C, 300)
-    ps = [member(y, a, rng) for a in (0.5, 0.6, 0.8)]
-    w = blend.optimize_weights(ps, y)
-    assert (w >= 0).all() and np.isclose(w.sum(), 1)
-    best = blend.log_loss(blend.blend(ps, w), y)
-    for other in [np.ones(3) / 3, np.eye(3)[2], *rng.dirichlet(np.ones(3), 50)]:  # no other point on the simplex beats it
-        assert best <= blend.log_loss(blend.blend(ps, other), y) + 1e-6
-
-
-def test_cross_fitting_never_sees_the_rows_it_scores():
-    rng = np.random.default_rng(4)
-    y = rng.integers(0, C, 120)
-    ps = [member(y, a, rng) for a in (0.5, 0.6, 0.7)]
-    folds = blend.cv_folds(y, 5, seed=0)
-    assert sorted(set(folds)) == [0, 1, 2, 3, 4] and np.bincount(folds).min() >= 23
-    assert (folds == blend.cv_folds(y, 5, seed=0)).all() and (folds != blend.cv_folds(y, 5, seed=1)).any()
-    for c in range(C):  # stratified: each class spread evenly over the parts
-        assert np.ptp(np.bincount(folds[y == c], minlength=5)) <= 1
-    assert np.allclose(blend.cross_fit("greedy", ps, y, 5, seed=0)[0], blend.cross_fit("greedy", ps, y, folds=folds)[0])
-    y2 = y.copy()
-    y2[folds == 0] = (y2[folds == 0] + 1) % C  # relabel only the rows of fold 0
-    for m in ("greedy", "optimize"):
-        p1, w1 = blend.cross_fit(m, ps, y, folds=folds)
-        p2, w2 = blend.cross_fit(m, ps, y2, folds=folds)
-        assert np.allclose(p1[folds == 0], p2[folds == 0]) and np.allclose(w1[0], w2[0])  # fold 0's own labels unused
-        assert not np.allclose(w1[1:], w2[1:])  # ... while the other folds' fits did read them
 
 
 def test_unknown_method_metric_or_too_small_holdout_is_refused():

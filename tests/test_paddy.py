@@ -1,4 +1,5 @@
-"""The demo generator's layout and determinism, the fixed holdout, and a missing data folder."""
+"""The demo generator's layout and determinism, the fixed holdout and the k folds (scikit-learn's, seeded), and a
+missing data folder."""
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,11 @@ def test_holdout_is_fixed_stratified_and_disjoint(tiny_data):
     assert hold3 != hold
     with pytest.raises(RoadtopError, match="holdout_pct=1.5 is out of range"):
         paddy.holdout_ids(["a"], ["x"], 1.5, 0)
+    ids, labels = [f.name for f in trn + hold], [f.parent.name for f in trn + hold]
+    assert paddy.holdout_ids(ids[::-1], labels[::-1], 0.1, 42) == {f.name for f in hold}  # the order does not matter
+    assert paddy.holdout_ids(ids, labels, 0, 42) == set()
+    with pytest.raises(RoadtopError, match=r"holdout_pct=0.05 cannot hold out every label of 131 images .*: add images"):
+        paddy.holdout_ids(ids, labels, 0.05, 42)  # 7 images for 10 labels
 
 
 def test_missing_data_folder_is_named(tmp_path):
@@ -69,3 +75,7 @@ def test_fold_ids_partition_stratified_and_seeded():
     assert paddy.fold_ids(ids, labels, 5, seed=8) != folds
     with pytest.raises(RoadtopError, match="at least 2"):
         paddy.fold_ids(ids, labels, 1, seed=0)
+    with pytest.raises(RoadtopError, match="folds=3 but no label has 3 training images: use fewer folds"):
+        paddy.fold_ids(["1.jpg", "2.jpg", "3.jpg"], ["a", "b", "c"], 3)
+    with pytest.raises(RoadtopError, match="duplicate image id 1.jpg"):
+        paddy.fold_ids(["1.jpg", "1.jpg", "2.jpg"], ["a", "a", "a"], 2)
