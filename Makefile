@@ -33,7 +33,7 @@ demo: install  ## the whole pipeline on the embedded demo -> outputs/submission.
 	$(PY) pipeline.py run --params params/demo.yaml
 
 test: install  ## the test suite (runs the demo end to end too)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 bench: install  ## benchmarks: demo end-to-end time, collab RMSE/seconds
 	$(PY) bench/demo.py

@@ -1,7 +1,11 @@
 """Ensemble weights fitted on held-out predictions: greedy selection, optimised weights, honest cross-fitting."""
 
+import warnings
+
 import numpy as np
 from scipy.optimize import minimize
+from sklearn import metrics
+from sklearn.model_selection import KFold, StratifiedKFold
 
 from .errors import RoadtopError
 
@@ -10,6 +14,7 @@ __all__ = [
     "METRICS",
     "accuracy",
     "blend",
+    "check_method",
     "cross_fit",
     "cv_folds",
     "fit_weights",
@@ -31,15 +36,27 @@ def _stack(probs) -> np.ndarray:
     return s
 
 
+def check_method(method: str, metric: str, methods=METHODS):
+    """Refuse an ensemble method not in `methods` or an unknown metric, naming the known ones."""
+    if method not in methods:
+        raise RoadtopError(f"ensemble method '{method}' is unknown: use one of {', '.join(methods)}")
+    if metric not in METRICS:
+        raise RoadtopError(f"ensemble metric '{metric}' is unknown: use one of {', '.join(METRICS)}")
+
+
 def log_loss(probs, y) -> float:
-    """Mean negative log probability of the true class (`y`: class indices)."""
-    p = np.asarray(probs, dtype=np.float64)[np.arange(len(y)), np.asarray(y)]
-    return float(-np.log(np.clip(p, _EPS, 1)).mean())
+    """Mean negative log probability of the true class (`y`: class indices), each probability at least 1e-7.
+
+    scikit-learn's, given rows clipped at 1e-7 and renormalised: its own clip is float64's eps (a zero would cost 36,
+    not 16) and it warns on the rows float32 storage leaves 1e-7 off summing to 1.
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1)
+    return float(metrics.log_loss(y, p / p.sum(1, keepdims=True), labels=np.arange(p.shape[1])))
 
 
 def accuracy(probs, y) -> float:
     """Share of rows whose argmax is the true class index."""
-    return float((np.asarray(probs).argmax(1) == np.asarray(y)).mean())
+    return float(metrics.accuracy_score(y, np.asarray(probs).argmax(1)))
 
 
 def blend(probs, w) -> np.ndarray:
@@ -77,7 +94,7 @@ def optimize_weights(probs, y) -> np.ndarray:
     m = len(s)
     p_true = s[:, np.arange(len(y)), np.asarray(y)].T  # (rows, members): each member's probability of the truth
 
-    def loss(w):
+    def loss(w):  # by hand, not sklearn's log_loss: SLSQP wants it cheap and with its gradient beside it
         """Log-loss of the blend with weights `w`."""
         return -np.log(np.clip(p_true @ w, _EPS, None)).mean()
 
@@ -95,10 +112,7 @@ def optimize_weights(probs, y) -> np.ndarray:
 
 def fit_weights(method: str, probs, y, plan_weights=None, metric: str = "logloss", rounds: int = 20) -> np.ndarray:
     """Weights (summing to 1) of ensemble `method`: `mean` (the plan's weights), `greedy` or `optimize`."""
-    if method not in METHODS:
-        raise RoadtopError(f"ensemble method '{method}' is unknown: use one of {', '.join(METHODS)}")
-    if metric not in METRICS:
-        raise RoadtopError(f"ensemble metric '{metric}' is unknown: use one of {', '.join(METRICS)}")
+    check_method(method, metric)
     if method == "mean":
         w = np.ones(len(probs)) if plan_weights is None else np.asarray(plan_weights, dtype=np.float64)
         return w / w.sum()
@@ -108,17 +122,18 @@ def fit_weights(method: str, probs, y, plan_weights=None, metric: str = "logloss
 
 
 def cv_folds(y, k: int, seed: int) -> np.ndarray:
-    """Fold index (0..k-1) of each row, stratified by class and seeded; k is capped at the number of rows."""
+    """Fold index (0..k-1) of each row: scikit-learn's `StratifiedKFold`, shuffled and seeded; k is capped at the
+    number of rows (and when no class has k rows, the parts are plain shuffled `KFold` ones)."""
     y = np.asarray(y)
     if k < 2 or len(y) < 2:
         raise RoadtopError(f"cross-fitting needs at least 2 folds and 2 rows (got k={k}, {len(y)} rows)")
     k = min(k, len(y))
-    rng = np.random.default_rng(seed)
-    fold, start = np.empty(len(y), int), 0
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        fold[rng.permutation(idx)] = (start + np.arange(len(idx))) % k
-        start += len(idx)
+    cut = StratifiedKFold if np.unique(y, return_counts=True)[1].max() >= k else KFold
+    fold = np.empty(len(y), int)
+    with warnings.catch_warnings():  # a holdout's rare classes have fewer rows than parts: spread as far as they go
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        for f, (_, held) in enumerate(cut(k, shuffle=True, random_state=seed).split(y, y)):
+            fold[held] = f
     return fold
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 from . import blend
 from .errors import RoadtopError
 from .paths import atomic_write
-from .preds import RunPreds, error
+from .preds import RunPreds
 
 __all__ = [
     "CHOICE",
@@ -165,14 +165,6 @@ def _plan_mean(members, plan_w) -> Fitted:
                   "holdout")
 
 
-def _check_method(method: str, metric: str):
-    """Refuse an unknown method or metric, naming the known ones."""
-    if method not in METHODS:
-        raise RoadtopError(f"ensemble method '{method}' is unknown: use one of {', '.join(METHODS)}")
-    if metric not in blend.METRICS:
-        raise RoadtopError(f"ensemble metric '{metric}' is unknown: use one of {', '.join(blend.METRICS)}")
-
-
 def fit_ensembles(members, plan_w, method: str = "auto", metric: str = "logloss", cv_folds: int = 5,
                   cv_seed: int = 0, fit_on: str = "auto", rounds: int = 20) -> dict:
     """Every ensemble, keyed by method: `mean` (the plan's weights) and, where there is data to fit on, `greedy`
@@ -182,7 +174,7 @@ def fit_ensembles(members, plan_w, method: str = "auto", metric: str = "logloss"
     the whole holdout is then a pure test), else from the holdout by k-fold cross-fitting (scored on the part left
     out of each fit, then refitted on the whole holdout for the submission).
     """
-    _check_method(method, metric)
+    blend.check_method(method, metric, METHODS)
     if fit_on not in ("auto", "oof", "holdout"):
         raise RoadtopError(f"fit_on='{fit_on}' is unknown: use auto, oof or holdout")
     hold = [r.holdout_probs for r in members]
@@ -215,10 +207,11 @@ def weights_frame(members, fitted) -> pd.DataFrame:
 
 def confusion(probs, vocab, labels) -> pd.DataFrame:
     """Counts of (actual label, predicted label): rows actual, columns predicted, both in vocab order."""
-    y, p = class_index(vocab, labels), np.asarray(probs).argmax(1)
-    m = np.zeros((len(vocab), len(vocab)), dtype=int)
-    np.add.at(m, (y, p), 1)
-    return pd.DataFrame(m, index=pd.Index(vocab, name="actual"), columns=pd.Index(vocab, name="predicted"))
+    class_index(vocab, labels)  # one clear error for a label the runs never saw
+    actual = pd.Categorical(list(labels), categories=list(vocab))
+    predicted = pd.Categorical(np.asarray(vocab)[np.asarray(probs).argmax(1)] if len(labels) else [],
+                               categories=list(vocab))
+    return pd.crosstab(actual, predicted, rownames=["actual"], colnames=["predicted"], dropna=False)
 
 
 def submission(probs, vocab, test_ids, sample: pd.DataFrame) -> pd.DataFrame:
@@ -260,7 +253,7 @@ def choose(cands, scores: dict, method: str = "auto", metric: str = "logloss") -
     optimize (several identical members tie with their mean); else the first tied member in plan order. Without a
     holdout to judge by, auto submits the plan's mean.
     """
-    _check_method(method, metric)
+    blend.check_method(method, metric, METHODS)
     by = {c.method: n for n, c in cands.items() if c.method != "member"}
     if method != "auto":
         if method not in by:
@@ -295,7 +288,7 @@ def holdout_table(members, plan_w, fitted=None, chosen: str = "mean (plan weight
         """Accuracy and log-loss on the holdout (NaN when there is none)."""
         if not len(y):
             return float("nan"), float("nan")
-        return 1 - error(p, vocab, labels), blend.log_loss(p, y)
+        return blend.accuracy(p, y), blend.log_loss(p, y)
 
     rows = []
     for r, wi in zip(members, plan_w):

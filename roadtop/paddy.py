@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 from fastai.data.transforms import get_image_files
 from fastprogress.fastprogress import progress_bar
 from PIL import Image, ImageDraw, ImageFilter
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .errors import RoadtopError
 from .paths import KAGGLE_INPUT, default_out, iskaggle, kaggle_folders
@@ -171,44 +173,54 @@ def read_sample_submission(path) -> pd.DataFrame:
     return df
 
 
+def _by_id(image_ids, labels):
+    """(ids, labels) as arrays sorted by id, so a split depends on the ids and labels, not on their order."""
+    ids, labels = np.asarray(list(image_ids), dtype=str), np.asarray(list(labels), dtype=str)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], labels[order]
+
+
 def holdout_ids(image_ids, labels, pct: float, seed: int) -> set:
     """A fixed, per-label stratified slice of the training ids that no run trains or validates on.
 
-    Depends only on the ids, `pct` and `seed`, so every run (and the ensemble) sees the same holdout.
+    scikit-learn's `train_test_split(stratify=)`, seeded: depends only on the ids, `pct` and `seed`, so every run
+    (and the ensemble) sees the same holdout.
     """
     if not 0 <= pct < 1:
         raise RoadtopError(f"holdout_pct={pct} is out of range: use a fraction in [0, 1), e.g. 0.1")
-    out = set()
-    df = pd.DataFrame({"id": list(image_ids), "label": list(labels)}).sort_values("id")
-    for i, (_, g) in enumerate(sorted(df.groupby("label"), key=lambda kv: kv[0])):
-        n = int(round(pct * len(g)))
-        if pct > 0 and len(g) > 1:
-            n = max(n, 1)
-        rng = np.random.default_rng([seed, i])
-        out.update(g["id"].to_numpy()[rng.permutation(len(g))[:n]].tolist())
-    return out
+    ids, labels = _by_id(image_ids, labels)
+    if pct == 0 or not len(ids):
+        return set()
+    try:
+        _, held = train_test_split(ids, test_size=pct, stratify=labels, random_state=seed)
+    except ValueError as e:  # a label with one image, or fewer held-out images than labels
+        raise RoadtopError(f"holdout_pct={pct} cannot hold out every label of {len(ids)} images ({e}): "
+                           f"add images, raise holdout_pct, or set holdout_pct: 0") from None
+    return set(held.tolist())
 
 
 def fold_ids(image_ids, labels, k: int, seed: int = 42) -> dict:
-    """id -> fold in range(k): a per-label stratified partition, so each id is in exactly one fold's validation set.
+    """id -> fold in range(k): scikit-learn's `StratifiedKFold`, shuffled and seeded, so each id is in exactly one
+    fold's validation set.
 
     Depends only on the ids, their labels, `k` and `seed` (not on their order), so every fold job of a k-fold run
     computes the same folds.
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 2:
         raise RoadtopError(f"folds={k!r}: k-fold needs an integer of at least 2 (e.g. folds: 5)")
-    image_ids, labels = list(image_ids), list(labels)
-    if len(image_ids) < k:
-        raise RoadtopError(f"folds={k} but only {len(image_ids)} training images: use fewer folds")
-    df = pd.DataFrame({"id": image_ids, "label": labels}).sort_values("id")
-    if df["id"].duplicated().any():
-        raise RoadtopError(f"fold_ids: duplicate image id {df['id'][df['id'].duplicated()].iloc[0]}: ids must be unique")
-    out, start = {}, 0
-    for i, (_, g) in enumerate(sorted(df.groupby("label"), key=lambda kv: kv[0])):
-        order = g["id"].to_numpy()[np.random.default_rng([seed, i]).permutation(len(g))]
-        out.update({iid: (start + j) % k for j, iid in enumerate(order.tolist())})
-        start += len(g)  # the next label continues where this one stopped, so fold sizes differ by at most one
-    return out
+    ids, labels = _by_id(image_ids, labels)
+    if len(ids) < k:
+        raise RoadtopError(f"folds={k} but only {len(ids)} training images: use fewer folds")
+    dup = ids[1:][ids[1:] == ids[:-1]]
+    if len(dup):
+        raise RoadtopError(f"fold_ids: duplicate image id {dup[0]}: ids must be unique")
+    with warnings.catch_warnings():  # a label with fewer images than folds is spread as far as it goes: say nothing
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        try:
+            parts = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(ids, labels))
+        except ValueError:  # every label has fewer than k images
+            raise RoadtopError(f"folds={k} but no label has {k} training images: use fewer folds") from None
+    return {iid: f for f, (_, valid) in enumerate(parts) for iid in ids[valid].tolist()}
 
 
 def split_files(path, holdout_pct: float, holdout_seed: int, skip=()):

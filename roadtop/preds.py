@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import zero_one_loss
 
 from .errors import RoadtopError
 from .paths import atomic_write
@@ -38,7 +39,8 @@ def error(probs, vocab, labels) -> float:
     """Share of rows whose argmax class (a name from `vocab`) differs from `labels`; NaN for no rows."""
     if not len(labels):
         return float("nan")
-    return float((np.asarray(vocab)[np.asarray(probs).argmax(1)] != np.asarray(labels)).mean())
+    misses = zero_one_loss(list(labels), np.asarray(vocab)[np.asarray(probs).argmax(1)], normalize=False)
+    return float(misses / len(labels))  # a count over n: 0.1, where 1 - accuracy gives 0.0999...
 
 
 def save_preds(out_dir, p: RunPreds) -> Path:

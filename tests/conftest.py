@@ -11,6 +11,24 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "params" / "demo.yaml"
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
+# One torch thread per process: `make test` runs two test workers on the two cores, and each notebook kernel and
+# pipeline they start inherits this; two processes of two OpenMP threads each on two cores spin against each other
+# (a demo training run measured 248 s so, 80 s with one thread each).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`make test`: -n auto --dist loadgroup) keep the tests that share a costly fixture on one
+    worker, so it is built once: every test of the demo run in one group, a module's fixture users in another."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = {name: defs[-1].scope for name, defs in (info.name2fixturedefs.items() if info else ())
+                  if defs and defs[-1].scope in ("module", "session") and name != "tiny_data"}
+        if "demo" in shared:
+            item.add_marker(pytest.mark.xdist_group("demo"))
+        elif "module" in shared.values():
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 @pytest.fixture(scope="session")

@@ -54,9 +54,9 @@ def test_resolve_accum_refuses_a_stale_probe_and_a_run_that_never_fits(tmp_path,
     with pytest.raises(RoadtopError, match=r"train/res: accum: auto, but nothing fits \(1: oom; 2: oom\)"):
         budget.resolve_accum(plan, plan.job("train/res"))
     plan2 = load_plan(_paddy_like(tmp_path, tiny_data, gpu_budget_gb=24.0))  # same out_dir, bigger budget
-    plan2.job("train/cnx").params["size"] = 48  # the plan changed after the probe ran
+    cnx = plan2.job("train/cnx").with_params(size=48)  # the plan changed after the probe ran
     with pytest.raises(RoadtopError, match="the probe measured .* the plan now says"):
-        budget.resolve_accum(plan2, plan2.job("train/cnx"))
+        budget.resolve_accum(plan2, cnx)
 
 def test_plan_over_9h_is_refused_naming_the_overflowing_runs(tmp_path, tiny_data):
     """Two fine_tune runs of 12 epochs on the real Paddy's 9367 images: at 0.15 s per image each takes about

@@ -1,5 +1,6 @@
 """Fingerprints: data by content (hashes cached per file on size and mtime), job parts, and what changed."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -53,8 +54,7 @@ def test_job_parts_leave_out_pipeline_paths_and_name_what_changed(tmp_path, tiny
     assert set(parts) == set(fpr.PART_NAMES) and "out_dir" not in parts["params"]
     moved = load_plan(tiny_plan(tmp_path, tiny_data), out_dir=tmp_path / "elsewhere").job("train/cnx")
     assert fpr.fingerprint(fpr.job_parts(moved, "D", {})) == fpr.fingerprint(parts)
-    job.params["epochs"] = 3
-    new = fpr.job_parts(job, "E", {})
+    new = fpr.job_parts(job.with_params(epochs=3), "E", {})
     assert fpr.fingerprint(new) != fpr.fingerprint(parts)
     assert fpr.what_changed(parts, new) == ["params (epochs 1 -> 3)", "data"]
     ens = plan.job("ensemble")
@@ -69,7 +69,7 @@ def test_a_notebook_edit_changes_the_notebook_part_only(tmp_path, tiny_data):
     before = fpr.job_parts(job, "D", {})
     nb = json.loads(job.notebook.read_text())
     nb["cells"][0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran"}]  # outputs don't count
-    job.notebook = tmp_path / "train.ipynb"
+    job = dataclasses.replace(job, notebook=tmp_path / "train.ipynb")
     job.notebook.write_text(json.dumps(nb))
     assert fpr.job_parts(job, "D", {}) == before
     nb["cells"][-1]["source"] = "".join(nb["cells"][-1]["source"]) + "\nprint('one more line')"

@@ -25,7 +25,7 @@ def test_seeded_five_folds_cover_every_non_holdout_image_once(tmp_path, tiny_dat
     folds = [j for j in plan.jobs if j.name.startswith("train/cnx-")]
     assert [(j.params["folds"], j.params["fold"], j.params["seed"]) for j in folds] == [(5, i, 3) for i in range(5)]
     assert [j.out_dir.name for j in folds] == [f"cnx-fold{i}" for i in range(5)]
-    assert plan.job("train/res").params.get("folds", 0) == 0 and plan.job("ensemble").needs == names[:-1]
+    assert plan.job("train/res").params.get("folds", 0) == 0 and plan.job("ensemble").needs == tuple(names[:-1])
     # each fold job validates on the images paddy.fold_ids gives its fold: together, every non-holdout image once
     trn, hold = paddy.split_files(tiny_data, plan.data["holdout_pct"], plan.data["holdout_seed"])
     seen = {}

@@ -27,12 +27,12 @@ def test_pipeline_kaggle_subcommands(plan, fake, capsys, tmp_path):
 
     assert run("push", "--dry-run") == 0
     assert fake.calls("SaveKernel") == []
-    assert run("push", "--runs", "train/*") == 0
+    assert run("push", "--only", "train/*") == 0
     assert len(fake.calls("SaveKernel")) == 2
     assert run("status", "--once") == 0
     assert "roadtop-kdemo-train-resnet" in capsys.readouterr().out
     assert run("collect", "--runs", "nope") == 2
-    assert capsys.readouterr().err.startswith("error: --runs nope: no such run among those pushed")
+    assert capsys.readouterr().err.startswith("error: --only nope: no such job among those pushed")
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "test_convnext.safetensors").write_bytes(b"w")
     assert run("weights", str(tmp_path / "w"), "--no-upload") == 0  # the plan's pretrained archs only

@@ -104,7 +104,7 @@ def test_status_polls_through_queued_running_to_complete_and_error(plan, fake):
     assert seen["resnet"] == ["queued", "running", "error", "error"]
     assert sleeps == [3, 3, 3]
     assert lines[1:] == [(f"train/resnet: kernel {ref('train/resnet')} ended in ERROR: Exceeded time limit "
-                          "(`pipeline.py kaggle collect --runs train/resnet` downloads its log)")]
+                          "(`pipeline.py kaggle collect --only train/resnet` downloads its log)")]
     assert lines[0].startswith("kaggle: the kernels of kdemo run on gcr.io/kaggle-gpu-images/python@sha256:")
     assert record.load_record(plan)["kernels"]["train/resnet"]["failure"] == "Exceeded time limit"
 
@@ -461,7 +461,7 @@ def test_kaggle_run_reads_the_quota_left_and_refuses_a_plan_that_does_not_fit(fa
             flow.run(plan, submit_it=True, log=lines.append, sleep=Sleeps(), out=io.StringIO())
         assert str(e.value) == (f"kaggle push refused: the GPU kernels need est. {needed:.2f} GPU h, the weekly GPU "
                                 "quota has 10.00 h left (of 30 h; it refreshes 2026-12-05 00:00 UTC); push fewer "
-                                "runs (--runs), wait for the refresh, or --override")
+                                "jobs (--only), wait for the refresh, or --override")
         assert fake.calls("SaveKernel") == [] and len(fake.calls("GetAcceleratorQuotaStatistics")) == 1
         return
     assert flow.run(plan, submit_it=True, log=lines.append, sleep=Sleeps(), out=io.StringIO()) == 0

@@ -79,7 +79,7 @@ def test_params_are_refused_when_a_kernel_could_not_run(plan, tmp_path):
     slugs = {j.name: settings.kernel_slug(st.slug_prefix, j.name) for j in plan.jobs}
     with pytest.raises(RoadtopError, match="train/convnext: pretrained test_convnext on an internet-off kernel"):
         kernels.kaggle_params(job, slugs, settings.KaggleSettings(internet=False), {j.name: j for j in plan.jobs})
-    job.params["item_method"] = str(tmp_path)
+    job = job.with_params(item_method=str(tmp_path))
     with pytest.raises(RoadtopError, match="item_method=.* is a path on this machine"):
         kernels.kaggle_params(job, slugs, st, {j.name: j for j in plan.jobs})
     plan.kaggle["gpu"] = True

@@ -36,7 +36,7 @@ def test_probe_gets_the_train_runs(tmp_path, tiny_data):
     assert plan.job("probe").params["runs"] == {
         "res": {"arch": "test_resnet", "item_method": "squish", "item_size": 64, "size": 32},
         "cnx": {"arch": "test_convnext", "item_method": "squish", "item_size": 64, "size": 32, "accum": 2}}
-    assert plan.job("train/res").needs == ["probe"]
+    assert plan.job("train/res").needs == ("probe",)
     with pytest.raises(RoadtopError, match="'runs' is set by the pipeline"):
         load_plan(tiny_plan(tmp_path, tiny_data, probe={"runs": {}}))
 
@@ -56,9 +56,9 @@ def test_jobs_follow_the_stage_table(tmp_path, tiny_data):
     assert [j.stage for j in plan.jobs] == [s for s in ORDER for j in plan.jobs if j.stage == s]  # table order
     for j in plan.jobs:
         assert j.notebook.name == STAGES[j.stage].notebook
-        assert j.needs == [n.name for n in plan.jobs if n.stage in STAGES[j.stage].upstream]
-    assert plan.job("ensemble").needs == ["train/res", "train/cnx", "multitarget"]
-    assert plan.job("multitarget").needs == ["probe"] and plan.job("collab").needs == []
+        assert j.needs == tuple(n.name for n in plan.jobs if n.stage in STAGES[j.stage].upstream)
+    assert plan.job("ensemble").needs == ("train/res", "train/cnx", "multitarget")
+    assert plan.job("multitarget").needs == ("probe",) and plan.job("collab").needs == ()
     with pytest.raises(RoadtopError, match=r"unknown section\(s\) \['trian'\]: a plan has .*'ensemble'"):
         bad = tmp_path / "bad.yaml"
         bad.write_text(yaml.safe_dump({**yaml.safe_load(f.read_text()), "trian": {}}))
@@ -68,7 +68,7 @@ def test_jobs_follow_the_stage_table(tmp_path, tiny_data):
 def test_predict_job_reads_the_runs_models_and_the_ensembles_choice(tmp_path, tiny_data):
     plan = load_plan(tiny_plan(tmp_path, tiny_data, predict={}))
     job = plan.job("predict")
-    assert job.needs == ["train/res", "train/cnx", "ensemble"]
+    assert job.needs == ("train/res", "train/cnx", "ensemble")
     assert job.params["ensemble_dir"] == str(plan.job("ensemble").out_dir)
     assert job.params["run_dirs"] == [str(plan.job("train/res").out_dir), str(plan.job("train/cnx").out_dir)]
     assert not STAGES["predict"].ensembles and STAGES["predict"].predicts  # it predicts, it does not ensemble

@@ -1,6 +1,6 @@
 """The local pipeline's command line: run the notebook DAG with papermill, inspect it (`pipeline.py` adds `kaggle`).
 
-    python pipeline.py run [--params params/demo.yaml] [--force] [--only RUN ...] [--allow-partial]
+    python pipeline.py run [--params params/demo.yaml] [--force] [--only JOB ...] [--allow-partial]
     python pipeline.py validate [--params FILE]      check a plan without running anything
     python pipeline.py status [--params FILE] [--allow-partial] [--skip-bad]
         each job: complete / stale (what changed) / failed (cause) / pending, as `run` would see it
@@ -21,12 +21,14 @@ from .checks import SHOWN, check_paddy, check_runs_dirs
 from .lock import run_lock
 from .label import add_subcommand as add_predict
 from .plan import DEFAULT_PLAN, load_plan, resolve_plan_data
-from .records import MANIFEST
+from .records import MANIFEST, State
 from .datafiles import scan
 from .runner import check_out_dir, csv_columns, prepare_data, run_plan, walk
 from .stages import stage
 
-__all__ = ["parser", "main"]
+__all__ = ["ONLY_HELP", "parser", "main"]
+
+ONLY_HELP = "just these jobs: names or globs, whole or after the stage (e.g. convnext_crop 'train/*' ensemble)"
 
 
 def _plan(args):
@@ -75,31 +77,32 @@ def cmd_plan(args) -> int:
     return check_plan(_plan(args), override=args.override, checks=args.budget_checks)
 
 
-def _status_line(step) -> str:
-    """What `status` says after a job's state: when it finished, what changed, why it failed or waits."""
-    s = step.state
-    if s["state"] == "failed":
-        return s.get("cause", "")
-    if step.cannot_start or step.waits:
-        return f"cannot start: {step.cannot_start}" if step.cannot_start else f"waits: {step.waits}"
-    if s["state"] == "complete":
-        return f"{s.get('seconds', 0):.0f}s, {s.get('finished', '')}"
-    if s["state"] == "stale":
-        return f"changed: {'; '.join(s.get('changed') or ['?'])} (ran {s.get('finished', '')})"
-    return s.get("cause", "")
+def _status_line(step) -> tuple:
+    """(state word, the rest) that `status` says of a step: when it finished, what changed, why it failed or
+    waits (a waiting job, or one that cannot start yet, is pending)."""
+    s, note = step.record, f" ({step.note})" if step.note else ""
+    if s["state"] == State.FAILED:
+        return "failed", s.get("cause", "") + note
+    if step.state is State.CANNOT_START:
+        return "pending", f"cannot start: {step.detail}"
+    if step.state is State.WAITS:
+        return "pending", f"waits: {step.detail}"
+    if step.state is State.COMPLETE:
+        return "complete", f"{s.get('seconds', 0):.0f}s, {s.get('finished', '')}{note}"
+    if step.state is State.STALE:
+        return "stale", f"changed: {'; '.join(s.get('changed') or ['?'])} (ran {s.get('finished', '')}){note}"
+    return str(step.state), s.get("cause", "") + note
 
 
 def cmd_status(args) -> int:
     """Each job: complete / stale (what changed) / failed (cause) / pending, from the fingerprints `run` computes."""
     plan = _plan(args)
-    _, data_fp = prepare_data(plan, skip_bad=args.skip_bad, check=False)
-    states = {}
-    steps = list(walk(plan, data_fp, states, args.allow_partial, projected=True))
+    plan, _, data_fp = prepare_data(plan, skip_bad=args.skip_bad, check=False)
+    steps = list(walk(plan, data_fp, allow_partial=args.allow_partial, projected=True))
+    marked = {d: why for step in steps for d, why in step.bad.items()}  # the ensemble's check, after their own step
     for step in steps:
-        s = states[step.job.name]  # the ensemble's check may have marked a run failed after its own step
-        extra = _status_line(step) if s is step.state else s.get("cause", "")
-        extra += f" ({step.note})" if step.note and s is step.state else ""
-        print(f"{step.job.name:32s} {s['state']:9s} {extra}".rstrip())
+        word, extra = ("failed", marked[step.job.name]) if step.job.name in marked else _status_line(step)
+        print(f"{step.job.name:32s} {word:9s} {extra}".rstrip())
     return 0
 
 
@@ -119,7 +122,7 @@ def parser(extra=(), plan_checks=(), budget_checks=()) -> argparse.ArgumentParse
 
     r = add("run", cmd_run, "run the plan's notebooks with papermill, then the ensemble")
     r.add_argument("--force", action="store_true", help="rerun jobs even when up to date")
-    r.add_argument("--only", nargs="+", metavar="JOB", help="run just these jobs (e.g. convnext_crop ensemble)")
+    r.add_argument("--only", nargs="+", metavar="JOB", help=ONLY_HELP)
     r.add_argument("--allow-partial", action="store_true", help="ensemble the complete runs even if some failed")
     r.add_argument("--skip-bad", action="store_true", help="leave out bad images instead of stopping")
     add("check", cmd_check, "check the data and saved runs, run nothing")

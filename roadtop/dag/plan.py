@@ -1,8 +1,9 @@
 """A run plan (params/*.yaml) turned into checked notebook jobs, before anything runs."""
 
+import fnmatch
 import inspect
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -15,9 +16,10 @@ from ..paths import NOTEBOOKS, ROOT, iskaggle
 from .budget import probe_runs, probe_stages
 from .params import SET_BY_PIPELINE as _SET_BY_PIPELINE  # the one list (roadtop.dag.params)
 from .params import check_arch, check_limit, notebook_params, validate_params
+from .render import Job
 from .stages import ORDER, stage
 
-__all__ = ["DEFAULT_PLAN", "Job", "Plan", "load_plan", "resolve_plan_data"]
+__all__ = ["DEFAULT_PLAN", "Job", "Plan", "load_plan", "pick", "resolve_plan_data"]
 
 DEFAULT_PLAN = ROOT / "params" / "demo.yaml"
 _TOP = {"name", "out_dir", "data", "kaggle", *ORDER}
@@ -27,28 +29,20 @@ _DEMO = {k: type(p.default) for k, p in inspect.signature(make_demo).parameters.
 RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a run's folder name: plain, never '.' or '..', never a path
 
 
-@dataclass
-class Job:
-    """One notebook execution: its stage (= notebook stem), full parameters and output folder."""
-
-    name: str
-    stage: str
-    notebook: Path
-    params: dict
-    out_dir: Path
-    needs: list = field(default_factory=list)
-
-
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """A checked run plan: where it came from, where it writes, and its jobs in execution order."""
+    """A checked run plan, rendered: where it came from, where it writes, and its frozen jobs in execution order."""
 
     name: str
     source: Path
     out_dir: Path
-    jobs: list
+    jobs: tuple
     data: dict
     kaggle: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        """The jobs as a tuple: a rendered plan gets new jobs only as a new plan (dataclasses.replace)."""
+        object.__setattr__(self, "jobs", tuple(self.jobs))
 
     def job(self, name: str) -> Job:
         """The job called `name`."""
@@ -56,6 +50,29 @@ class Plan:
             if j.name == name:
                 return j
         raise RoadtopError(f"no job '{name}' in plan {self.source.name}: pick one of {[j.name for j in self.jobs]}")
+
+    def select(self, patterns=None) -> tuple:
+        """The jobs `patterns` pick (see `pick`), in plan order; every job when there are none."""
+        names = set(pick([j.name for j in self.jobs], patterns, f"in plan {self.source.name}"))
+        return tuple(j for j in self.jobs if j.name in names)
+
+
+def pick(names, patterns=None, where: str = "") -> list:
+    """The `names` that `patterns` pick, in order (all of them when there are none): `run --only` and the kaggle
+    commands pick jobs alike. A pattern is a job's name or a glob (train/res, res, 'train/*', ensemble), matched
+    against the whole name and against the part after the stage (res for train/res). A pattern that picks none is
+    one line listing the names."""
+    names = list(names)
+    if not patterns:
+        return names
+    out = set()
+    for pat in patterns:
+        hit = {n for n in names if fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(n.split("/", 1)[-1], pat)}
+        if not hit:
+            raise RoadtopError(f"--only {pat}: no such job{' ' + where if where else ''}: pick from "
+                               f"{', '.join(names)} (a name or a glob like 'train/*')")
+        out |= hit
+    return [n for n in names if n in out]
 
 
 class _PlanLoader(yaml.SafeLoader):
@@ -231,30 +248,36 @@ def load_plan(path=None, out_dir=None) -> Plan:
     for j in jobs:  # accum: a positive divisor of 64 or "auto" (the memory probe's choice)
         if "accum" in j.params:
             check_accum(j.params["accum"], f"{where} {j.name}")
-    probe = next((j for j in jobs if stage(j.stage).measures), None)
-    if probe:
-        probe.params["runs"], probe.params["stages"] = probe_runs(jobs), probe_stages(jobs)
-    elif any(j.params.get("accum") == "auto" for j in jobs):
-        raise RoadtopError(f"{where}: accum: auto needs the memory probe: add a `probe:` section (e.g. probe: {{}})")
-    for j in jobs:  # the jobs of its upstream stages that the plan has (the ensemble: every run)
-        j.needs = [n.name for n in jobs if n.stage in stage(j.stage).upstream]
-        if stage(j.stage).predicts:  # the ensemble's choice (ensemble.json) and the runs' saved models
-            ens = [n.out_dir for n in jobs if n.name in j.needs and stage(n.stage).ensembles]
-            if not ens:
-                raise RoadtopError(f"{where}: {j.name} predicts with the ensemble's models: add an `ensemble:` section")
-            j.params["ensemble_dir"] = str(ens[0])
-            j.params["run_dirs"] = [str(n.out_dir) for n in jobs if n.name in j.needs and stage(n.stage).member]
     if not jobs:
         raise RoadtopError(f"{where}: no stage section, nothing to run: add one of {', '.join(ORDER)} "
                            f"(see params/demo.yaml)")
-    plan = Plan(name, path, out, jobs, data, _section(raw, "kaggle", where))
-    for j in plan.jobs:
-        j.params["out_dir"] = str(j.out_dir)
-    return plan
+    return Plan(name, path, out, _render(jobs, where), data, _section(raw, "kaggle", where))
+
+
+def _render(jobs: list, where: str) -> tuple:
+    """The plan's final jobs: each with its upstream jobs, its out_dir as a parameter, the probe with the runs it
+    measures, predict with the ensemble's and the runs' folders. Nothing changes them after this."""
+    if not any(stage(j.stage).measures for j in jobs) and any(j.params.get("accum") == "auto" for j in jobs):
+        raise RoadtopError(f"{where}: accum: auto needs the memory probe: add a `probe:` section (e.g. probe: {{}})")
+    out = []
+    for j in jobs:  # the jobs of its upstream stages that the plan has (the ensemble: every run)
+        st, extra = stage(j.stage), {"out_dir": str(j.out_dir)}
+        needs = [n.name for n in jobs if n.stage in st.upstream]
+        if st.measures:
+            extra.update(runs=probe_runs(jobs), stages=probe_stages(jobs))
+        if st.predicts:  # the ensemble's choice (ensemble.json) and the runs' saved models
+            ens = [n.out_dir for n in jobs if n.name in needs and stage(n.stage).ensembles]
+            if not ens:
+                raise RoadtopError(f"{where}: {j.name} predicts with the ensemble's models: add an `ensemble:` section")
+            extra.update(ensemble_dir=str(ens[0]),
+                         run_dirs=[str(n.out_dir) for n in jobs if n.name in needs and stage(n.stage).member])
+        out.append(replace(j.with_params(**extra), needs=needs))
+    return tuple(out)
 
 
 def resolve_plan_data(plan: Plan, progress: bool = True) -> Path:
-    """The plan's Paddy folder: `data.path`, Kaggle's input on Kaggle, else the demo (generated when absent)."""
+    """The plan's Paddy folder: `data.path`, Kaggle's input on Kaggle, else the demo (generated when absent).
+    The jobs that read it get it as a new plan: roadtop.dag.render.with_data."""
     if plan.data.get("path") or iskaggle():
         p = resolve_data(str(plan.data.get("path") or ""))
     else:
@@ -265,7 +288,4 @@ def resolve_plan_data(plan: Plan, progress: bool = True) -> Path:
             p = make_demo(progress=progress, **demo)
         except TypeError as e:
             raise RoadtopError(f"{plan.source.name}: data.demo: {e}: it takes n_train, n_test, size, seed") from None
-    for j in plan.jobs:
-        if "data_path" in notebook_params(j.notebook):
-            j.params["data_path"] = str(p)
     return p

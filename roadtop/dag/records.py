@@ -1,19 +1,36 @@
 """A job's records in its out_dir: manifest.json (complete, written last) and failed.json (one-line cause)."""
 
 import json
-import time
+from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 
 from ..paths import atomic_write
 from .fingerprint import what_changed
 
-__all__ = ["MANIFEST", "FAILED", "job_state", "record_failure", "cause"]
+__all__ = ["MANIFEST", "FAILED", "State", "job_state", "record_failure", "cause", "utc_now"]
 
 
 MANIFEST = "manifest.json"
 
 
 FAILED = "failed.json"
+
+
+class State(StrEnum):
+    """A job's state: what its records say (the first four), or why it does not run now (the last two)."""
+
+    COMPLETE = "complete"  # manifest there, outputs there, fingerprint the same
+    STALE = "stale"  # ran, but something it depends on changed since
+    FAILED = "failed"  # failed.json says why
+    PENDING = "pending"  # never ran (or its outputs are gone)
+    WAITS = "waits"  # for the jobs it reads (the ensemble for its runs, predict for the ensemble)
+    CANNOT_START = "cannot_start"  # its parameters cannot be made (accum: auto without a usable probe result)
+
+
+def utc_now() -> str:
+    """The time now, in UTC, as ISO 8601 to the second (2026-12-01T22:10:05+00:00): the runner's `finished`."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _read_json(f: Path):
@@ -32,12 +49,12 @@ def job_state(job, fingerprint=None, parts=None) -> dict:
     m = _read_json(job.out_dir / MANIFEST)
     if m and all((job.out_dir / o).exists() for o in m.get("outputs", [])):
         if fingerprint is None or m.get("fingerprint") == fingerprint:
-            return {"state": "complete", **m}
-        return {"state": "stale", **m, "changed": what_changed(m.get("parts"), parts or {})}
+            return {"state": State.COMPLETE, **m}
+        return {"state": State.STALE, **m, "changed": what_changed(m.get("parts"), parts or {})}
     f = _read_json(job.out_dir / FAILED)
     if f:
-        return {"state": "failed", **f}
-    return {"state": "pending"}
+        return {"state": State.FAILED, **f}
+    return {"state": State.PENDING}
 
 
 def cause(e: BaseException) -> str:
@@ -52,12 +69,12 @@ def record_failure(job, cause: str, seconds: float = 0.0, notebook: str = "") ->
     """Write failed.json (the one-line cause `pipeline.py status` shows); the job is then not complete. Where it
     cannot be written (a full disk), the state says why in `unrecorded`, for the caller to print."""
     rec = {"job": job.name, "cause": cause, "seconds": round(seconds, 1), "notebook": notebook,
-           "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+           "finished": utc_now()}
     try:
         job.out_dir.mkdir(parents=True, exist_ok=True)
         (job.out_dir / MANIFEST).unlink(missing_ok=True)
         with atomic_write(job.out_dir / FAILED) as f:
             json.dump(rec, f, indent=1)
     except OSError as e:
-        return {"state": "failed", **rec, "unrecorded": e.strerror or type(e).__name__}
-    return {"state": "failed", **rec}
+        return {"state": State.FAILED, **rec, "unrecorded": e.strerror or type(e).__name__}
+    return {"state": State.FAILED, **rec}

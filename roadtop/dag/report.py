@@ -1,31 +1,33 @@
 """outputs/report.html: one shareable page with the plan, each job's state, key charts and every executed notebook."""
 
-import html
 import re
 import time
+from datetime import timedelta
 from pathlib import Path
 
+import jinja2
 import nbformat
 import pandas as pd
+from markupsafe import Markup
 from nbconvert import HTMLExporter
 from pygments.formatters import HtmlFormatter
 
 from ..paths import atomic_write
 from .records import job_state
-from .stages import STAGES, names, stage
+from .stages import stage
 
-__all__ = ["FIGURES", "REPORT", "figures", "notebook_html", "write_report"]
+__all__ = ["FIGURES", "REPORT", "duration", "figures", "notebook_html", "write_report"]
 
 REPORT = "report.html"
 
-# The charts the index page lifts out of the executed notebooks: (title, stages, text in the cell that draws it).
-_ENSEMBLING = tuple(n for n, s in STAGES.items() if s.ensembles)
+# The charts the index page lifts out of the executed notebooks: (title, the tag of the cells that draw it). A
+# notebook's chart cell carries the tag in its metadata, so renaming what the cell draws never drops its chart.
 FIGURES = (
-    ("Memory probe", names(measures=True), "plot_probe"),
-    ("Loss curves", names(trains=True), "plot_loss"),
-    ("Ensemble weights", _ENSEMBLING, "wf.T.plot"),
-    ("Holdout accuracy", _ENSEMBLING, 'y="holdout_accuracy"'),
-    ("Confusion matrix of the submitted ensemble (holdout)", _ENSEMBLING, "ensemble.confusion"),
+    ("Memory probe", "report-probe"),
+    ("Loss curves", "report-loss"),
+    ("Ensemble weights", "report-weights"),
+    ("Holdout accuracy", "report-holdout"),
+    ("Confusion matrix of the submitted ensemble (holdout)", "report-confusion"),
 )
 
 _CSS = """
@@ -43,9 +45,39 @@ section.notebook { border-top: 3px solid #ddd; margin-top: 2em; }
 .output_area pre, .output_subarea pre { background: none; }
 """
 
-
-_SECTIONS = (("jobs-h", "Jobs"), ("holdout-h", "Holdout"), ("figures-h", "Charts"), ("notebooks-h", "Notebooks"),
-             ("plan-h", "Plan"))
+# The page. Autoescaped: every value is escaped unless it is Markup (nbconvert's HTML, the holdout table, the CSS).
+_PAGE = """\
+<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{{ name }}: run report</title><style>{{ css }}</style></head><body>
+<h1>Run report: {{ name }}</h1>
+<p>Generated {{ when }} from <code>{{ source }}</code>; outputs in <code>{{ out_dir }}</code>.</p>
+<nav><a href="#jobs-h">Jobs</a> · <a href="#holdout-h">Holdout</a> · <a href="#figures-h">Charts</a> · \
+<a href="#notebooks-h">Notebooks</a> · <a href="#plan-h">Plan</a></nav>
+<h2 id="jobs-h">Jobs</h2>
+<table id="jobs"><tr><th>job</th><th>stage</th><th>state</th><th>duration</th><th>finished</th><th>cause</th></tr>
+{% for j, s in jobs %}
+<tr><td>{% if j.name in notebooks %}<a href="#{{ j.name|slug }}">{{ j.name }}</a>{% else %}{{ j.name }}{% endif %}\
+</td><td>{{ j.stage }}</td><td class="state-{{ s.state }}">{{ s.state }}</td><td>{{ s.seconds|duration }}</td>\
+<td>{{ s.finished }}</td><td>{{ s.cause }}</td></tr>
+{% endfor %}
+</table>
+<h2 id="holdout-h">Members and ensembles on the holdout</h2>
+{{ holdout or "<p>No holdout table: the ensemble has not run.</p>"|safe }}
+<h2 id="figures-h">Charts</h2>
+{% for title, imgs in charts if imgs %}
+<h3>{{ title }}</h3>
+{% for caption, b64 in imgs %}
+<figure><img src="data:image/png;base64,{{ b64 }}" alt="{{ caption }}"><figcaption>{{ caption }}</figcaption></figure>
+{% endfor %}
+{% endfor %}
+<h2 id="notebooks-h">Executed notebooks</h2>
+{% for name, body in notebooks.items() %}
+<section class="notebook" id="{{ name|slug }}"><h2>{{ name }}</h2>{{ body }}</section>
+{% endfor %}
+<h2 id="plan-h">The plan</h2>
+<pre>{{ plan_text }}</pre>
+</body></html>
+"""
 
 
 def _read(f: Path):
@@ -66,9 +98,15 @@ def _executed(job) -> Path:
     return Path(job.out_dir) / f"{job.stage}.ipynb"
 
 
-def figures(nb, marker: str) -> list:
-    """The PNG images (base64) output by the code cells of `nb` whose source contains `marker`."""
-    return [o["data"]["image/png"] for c in nb.cells if c.cell_type == "code" and marker in c.source
+def duration(seconds) -> str:
+    """Seconds as h:mm:ss (timedelta's way, to the second); empty when not a number."""
+    return str(timedelta(seconds=round(seconds))) if isinstance(seconds, (int, float)) else ""
+
+
+def figures(nb, tag: str) -> list:
+    """The PNG images (base64, on one line) output by the code cells of `nb` tagged `tag`."""
+    return ["".join(o["data"]["image/png"].split()) for c in nb.cells
+            if c.cell_type == "code" and tag in c.metadata.get("tags", [])
             for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
 
 
@@ -80,25 +118,17 @@ def notebook_html(nb, prefix: str) -> str:
     return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}-{m[1]}"', body)
 
 
-def _img(b64: str, caption: str) -> str:
-    """A figure with an embedded PNG."""
-    b64 = "".join(b64.split()) if isinstance(b64, str) else "".join(b64)
-    return (f'<figure><img src="data:image/png;base64,{b64}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+def _holdout_html(plan) -> str:
+    """holdout.csv of the (first) ensembling job as an HTML table; empty before the ensemble has run."""
+    ens = [j for j in plan.jobs if stage(j.stage).ensembles and (Path(j.out_dir) / "holdout.csv").exists()]
+    if not ens:
+        return ""
+    table = pd.read_csv(Path(ens[0].out_dir) / "holdout.csv", keep_default_na=False, na_values=[""])
+    return Markup(table.to_html(index=False, na_rep="", float_format="%.4f", table_id="holdout", border=0))
 
 
-def _jobs_table(plan, states, have_nb) -> str:
-    """One row per job: state, seconds, when, cause, and a link to its notebook below."""
-    rows = []
-    for j in plan.jobs:
-        s = states.get(j.name) or job_state(j)
-        link = f'<a href="#{_slug(j.name)}">{html.escape(j.name)}</a>' if j.name in have_nb else html.escape(j.name)
-        secs = f"{s['seconds']:.0f}" if isinstance(s.get("seconds"), (int, float)) else ""
-        rows.append(f"<tr><td>{link}</td><td>{j.stage}</td><td class=\"state-{s['state']}\">{s['state']}</td>"
-                    f"<td>{secs}</td><td>{html.escape(str(s.get('finished', '')))}</td>"
-                    f"<td>{html.escape(str(s.get('cause', '')))}</td></tr>")
-    head = "<tr><th>job</th><th>stage</th><th>state</th><th>seconds</th><th>finished</th><th>cause</th></tr>"
-    return f'<table id="jobs">{head}{"".join(rows)}</table>'
+_ENV = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+_ENV.filters.update(slug=_slug, duration=duration)
 
 
 def write_report(plan, states=None, path=None) -> Path:
@@ -106,33 +136,15 @@ def write_report(plan, states=None, path=None) -> Path:
     states = states or {}
     path = Path(path or Path(plan.out_dir) / REPORT)
     nbs = {j.name: nb for j in plan.jobs if (nb := _read(_executed(j))) is not None}
-    when = time.strftime("%Y-%m-%d %H:%M:%S")
-    nav = " · ".join(f'<a href="#{i}">{t}</a>' for i, t in _SECTIONS)
-    where = f"from <code>{html.escape(str(plan.source))}</code>; outputs in <code>{html.escape(str(plan.out_dir))}</code>"
-    parts = [f"<h1>Run report: {html.escape(plan.name)}</h1>", f"<p>Generated {when} {where}.</p>",
-             f"<nav>{nav}</nav>", '<h2 id="jobs-h">Jobs</h2>', _jobs_table(plan, states, nbs)]
-    ens = [j for j in plan.jobs if stage(j.stage).ensembles and (Path(j.out_dir) / "holdout.csv").exists()]
-    parts.append('<h2 id="holdout-h">Members and ensembles on the holdout</h2>')
-    if ens:
-        table = pd.read_csv(Path(ens[0].out_dir) / "holdout.csv", keep_default_na=False, na_values=[""])
-        parts.append(table.to_html(index=False, na_rep="", float_format="%.4f", table_id="holdout", border=0))
-    else:
-        parts.append("<p>No holdout table: the ensemble has not run.</p>")
-    parts.append('<h2 id="figures-h">Charts</h2>')
-    for title, stages, marker in FIGURES:
-        imgs = [_img(b64, j.name) for j in plan.jobs if j.stage in stages and j.name in nbs
-                for b64 in figures(nbs[j.name], marker)]
-        if imgs:
-            parts += [f"<h3>{html.escape(title)}</h3>", *imgs]
-    parts.append('<h2 id="notebooks-h">Executed notebooks</h2>')
-    for name, nb in nbs.items():
-        parts.append(f'<section class="notebook" id="{_slug(name)}"><h2>{html.escape(name)}</h2>'
-                     f"{notebook_html(nb, _slug(name))}</section>")
-    parts += ['<h2 id="plan-h">The plan</h2>', f"<pre>{html.escape(Path(plan.source).read_text())}</pre>"]
-    page = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(plan.name)}: run report</title>"
-            f"<style>{_CSS}{HtmlFormatter().get_style_defs('.highlight')}</style></head>"
-            f"<body>{''.join(parts)}</body></html>\n")
+    page = _ENV.from_string(_PAGE).render(
+        name=plan.name, when=time.strftime("%Y-%m-%d %H:%M:%S"), source=str(plan.source), out_dir=str(plan.out_dir),
+        css=Markup(_CSS + HtmlFormatter().get_style_defs(".highlight")),
+        jobs=[(j, states.get(j.name) or job_state(j)) for j in plan.jobs],
+        holdout=_holdout_html(plan),
+        charts=[(title, [(j.name, b64) for j in plan.jobs if j.name in nbs for b64 in figures(nbs[j.name], tag)])
+                for title, tag in FIGURES],
+        notebooks={name: Markup(notebook_html(nb, _slug(name))) for name, nb in nbs.items()},
+        plan_text=Path(plan.source).read_text())
     with atomic_write(path) as f:
         f.write(page)
     return path

@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import papermill as pm
@@ -18,14 +18,14 @@ from .budget import resolve_accum
 from .checks import cached_check, check_runs_dirs, raise_problems, walk_problems
 from .datafiles import scan
 from .fingerprint import data_fingerprint, fingerprint, job_parts
-from .params import notebook_params
 from .plan import resolve_plan_data
-from .records import FAILED, MANIFEST, cause, job_state, record_failure
+from .records import FAILED, MANIFEST, State, cause, job_state, record_failure, utc_now
+from .render import thaw, with_data
 from .report import write_report
 from .stages import stage
 
 __all__ = ["AUTOSAVE_S", "CHECKS", "Step", "check_out_dir", "execute_job", "csv_columns", "check_data", "prepare_data",
-           "ensemble_members", "walk", "run_plan"]
+           "ensemble_members", "job_step", "walk", "run_plan"]
 
 AUTOSAVE_S = 2  # papermill saves the executed notebook this often while a cell runs: watch a training cell's epochs
 CHECKS = "checks"  # under the plan's out_dir: the data-check results and the per-file hash cache
@@ -80,7 +80,7 @@ def execute_job(job, fp: str, parts: dict, log=print) -> dict:
         return record_failure(job, f"cannot write in {out}: {cause(e)}", notebook=executed.name)
     try:
         with tempfile.TemporaryDirectory(prefix="roadtop-kernel-") as sockets:
-            pm.execute_notebook(str(job.notebook), str(running), parameters=job.params, cwd=str(job.notebook.parent),
+            pm.execute_notebook(str(job.notebook), str(running), parameters=thaw(job.params), cwd=str(job.notebook.parent),
                                 kernel_name="python3", progress_bar=True, log_output=False,
                                 autosave_cell_every=AUTOSAVE_S, config=_kernel_config(sockets),
                                 kernel_manager_class=_Kernel)
@@ -100,14 +100,14 @@ def execute_job(job, fp: str, parts: dict, log=print) -> dict:
                          if p.is_file() and not p.name.startswith(".") and p.name not in (executed.name, MANIFEST)
                          and (p.name not in before or p.stat().st_mtime != before[p.name]))
         rec = {"job": job.name, "fingerprint": fp, "seconds": round(time.time() - t0, 1),
-               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "notebook": executed.name, "outputs": outputs,
-               "params": job.params, "parts": parts}
+               "finished": utc_now(), "notebook": executed.name, "outputs": outputs,
+               "params": thaw(job.params), "parts": parts}
         with atomic_write(out / MANIFEST) as f:
             json.dump(rec, f, indent=1, default=str)
     except OSError as e:  # the manifest could not be written: the job is not complete
         return record_failure(job, f"manifest.json not written: {cause(e)}", seconds=time.time() - t0,
                               notebook=executed.name)
-    return {"state": "complete", **rec}
+    return {"state": State.COMPLETE, **rec}
 
 
 def _publish(src: Path, dst: Path):
@@ -129,30 +129,29 @@ def check_data(plan, data: Path, data_fp: str, skip_bad: bool = False, log=print
     raise_problems(fatal, f"data check of {data}")
     if skip:
         log(f"--skip-bad: leaving out {len(skip)} image(s): {', '.join(skip[:10])}{' ...' if len(skip) > 10 else ''}")
-        for j in plan.jobs:
-            if "skip_images" in notebook_params(j.notebook):
-                j.params["skip_images"] = skip
     return skip
 
 
 def prepare_data(plan, skip_bad: bool = False, check: bool = True, log=print) -> tuple:
-    """(data folder, data fingerprint) when a stage reads the Paddy data, checked first when `check`.
+    """(plan, data folder, data fingerprint): the plan as a new one whose jobs read the data folder (and leave out
+    the bad images with skip_bad), when a stage reads the Paddy data, checked first when `check`.
 
     The folder is walked once, for the fingerprint and the check. Without `check` the data is only checked when
     bad images are to be skipped, since the skip list is a parameter of the runs (and so of their fingerprints);
     what the walk itself finds (a symlink loop, a dangling link, a name that is not UTF-8) is said either way.
     """
     if not any(stage(j.stage).paddy for j in plan.jobs):
-        return "(none: no stage of this plan reads the Paddy data)", ""
+        return plan, "(none: no stage of this plan reads the Paddy data)", ""
     skip_bad = skip_bad or bool(plan.data.get("skip_bad"))
     data = resolve_plan_data(plan)
     files = scan(data)
     data_fp = data_fingerprint(data, plan.out_dir / CHECKS, files)
+    skip = []
     if check or skip_bad:
-        check_data(plan, data, data_fp, skip_bad, log, files)
+        skip = check_data(plan, data, data_fp, skip_bad, log, files)
     else:
         raise_problems(walk_problems(files), f"data check of {data}")
-    return data, data_fp
+    return with_data(plan, data, skip), data, data_fp
 
 
 def ensemble_members(plan, job, states: dict, allow_partial: bool = False, projected: bool = False) -> tuple:
@@ -178,102 +177,113 @@ def ensemble_members(plan, job, states: dict, allow_partial: bool = False, proje
     return done, f"left out of the ensemble: {', '.join(left)}" if left else "", bad
 
 
-@dataclass
+@dataclass(frozen=True)
 class Step:
-    """One job as `run` and `status` see it: its fingerprint and parts, its state, or why it cannot go now."""
+    """One job as `run` and `status` see it now: the job with the parameters it runs with (accum: auto resolved,
+    the ensemble's members), its state and why, what its records say, its fingerprint and parts."""
 
     job: object
+    state: State
+    detail: str = ""  # why it waits or cannot start
+    record: dict = field(default_factory=dict)  # as the jobs after it see it: its records (job_state), else pending
     fp: str = ""
     parts: dict = None
-    state: dict = None
-    cannot_start: str = ""  # a training run without a usable probe result (run records it as failed)
-    waits: str = ""  # the ensemble waiting for its runs
     note: str = ""  # the runs the ensemble leaves out
-    bad: dict = None  # runs whose saved predictions cannot be ensembled: {name: cause}
+    bad: dict = field(default_factory=dict)  # runs whose saved predictions cannot be ensembled: {name: cause}
+
+    @property
+    def marks(self) -> dict:
+        """The records of the runs it found bad, as the jobs after it see them: failed, with the cause."""
+        return {d: {"state": State.FAILED, "cause": why} for d, why in self.bad.items()}
 
 
-def walk(plan, data_fp: str, states: dict, allow_partial: bool = False, projected: bool = False):
+_PENDING = {"state": State.PENDING}
+
+
+def job_step(plan, job, data_fp: str, states: dict, fps: dict, allow_partial: bool = False,
+             projected: bool = False) -> Step:
+    """The Step of `job`, given the states of the jobs before it (name -> record) and their fingerprints `fps`.
+
+    It reads only: what a job learns from the jobs it needs (accum from the probe's result, the ensemble's
+    members) comes back as a new job in the step. `projected` (status) counts stale and pending runs as runs that
+    `run` would finish first.
+    """
+    st = stage(job.stage)
+    if st.trains and job.params.get("accum") == "auto":
+        try:
+            job = job.with_params(accum=resolve_accum(plan, job))  # the probe (an earlier job) picked it
+        except RoadtopError as e:  # no usable probe: this job cannot start, the others go on
+            state = job_state(job)  # failed (a recorded cause) or pending; never complete without its accum
+            return Step(job, State.CANNOT_START, str(e), state if state["state"] == State.FAILED else _PENDING)
+    done = ("complete", "stale", "pending") if projected else ("complete",)
+    waiting = [d for d in job.needs if states.get(d, {}).get("state") not in done] if st.predicts else []
+    if waiting:  # it predicts with the models of a finished ensemble
+        return Step(job, State.WAITS, f"waits for {', '.join(waiting)}", _PENDING)
+    members, note, bad = None, "", {}
+    if st.ensembles:  # which runs it reads decides its parameters, so pick them first
+        members, note, bad = ensemble_members(plan, job, states, allow_partial, projected)
+        if members is None:
+            return Step(job, State.WAITS, note, _PENDING, bad=bad)
+        job = job.with_params(run_dirs=[str(plan.job(d).out_dir) for d in members])
+    parts = job_parts(job, data_fp, fps, members)
+    fp = fingerprint(parts)
+    record = job_state(job, fp, parts)
+    return Step(job, State(record["state"]), record.get("cause", ""), record, fp, parts, note, bad)
+
+
+def walk(plan, data_fp: str, outcomes=None, allow_partial: bool = False, projected: bool = False):
     """Each job in order as a Step, with the fingerprint `run` gives it; `run` and `status` both go through here.
 
-    The caller may run a job and put its new state in states[job.name] before taking the next step: the
-    ensemble's members are picked from those states. `projected` (status) counts stale and pending runs as runs
-    that `run` would finish first.
+    `outcomes` (name -> record) are the caller's: what became of the jobs it ran between two steps, which the
+    ensemble's members are picked from. walk only reads it. A run whose saved predictions the ensemble cannot
+    read counts as failed for the jobs after it.
     """
-    fps = {}
+    outcomes = outcomes if outcomes is not None else {}
+    seen, fps, marked = {}, {}, {}
     for job in plan.jobs:
-        st = stage(job.stage)
-        if st.trains and job.params.get("accum") == "auto":
-            try:
-                job.params["accum"] = resolve_accum(plan, job)  # the probe (an earlier job) picked it
-            except RoadtopError as e:  # no usable probe: this job cannot start, the others go on
-                state = job_state(job)  # failed (a recorded cause) or pending; never complete without its accum
-                states[job.name] = state if state["state"] == "failed" else {"state": "pending"}
-                yield Step(job, state=states[job.name], cannot_start=str(e))
-                continue
-        done = ("complete", "stale", "pending") if projected else ("complete",)
-        waiting = [d for d in job.needs if states.get(d, {}).get("state") not in done] if st.predicts else []
-        if waiting:  # it predicts with the models of a finished ensemble
-            states[job.name] = {"state": "pending"}
-            yield Step(job, state=states[job.name], waits=f"waits for {', '.join(waiting)}")
-            continue
-        members, note, bad = None, "", {}
-        if st.ensembles:  # which runs it reads decides its parameters, so pick them first
-            members, note, bad = ensemble_members(plan, job, states, allow_partial, projected)
-            for d, why in bad.items():
-                states[d] = {"state": "failed", "cause": why}
-            if members is None:
-                states[job.name] = {"state": "pending"}
-                yield Step(job, state=states[job.name], waits=note, bad=bad)
-                continue
-            job.params["run_dirs"] = [str(plan.job(d).out_dir) for d in members]
-        parts = job_parts(job, data_fp, fps, members)
-        fp = fps[job.name] = fingerprint(parts)
-        states[job.name] = job_state(job, fp, parts)
-        yield Step(job, fp, parts, states[job.name], note=note, bad=bad)
-
-
-def _picked(job, only) -> bool:
-    """True if `only` is empty or names the job (train/res or just res)."""
-    return not only or job.name in only or job.name.split("/", 1)[-1] in only
+        step = job_step(plan, job, data_fp, {**seen, **outcomes, **marked}, fps, allow_partial, projected)
+        seen = {**seen, job.name: step.record}
+        marked = {**marked, **step.marks}
+        if step.fp:
+            fps = {**fps, job.name: step.fp}
+        yield step
 
 
 def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, log=print) -> int:
     """Run the plan's jobs in order; returns the exit code (non-zero if any job failed)."""
     t_start = time.time()
     check_out_dir(plan.out_dir)
-    data, data_fp = prepare_data(plan, skip_bad, check=True, log=log)
+    picked = {j.name for j in plan.select(only)}
+    plan, data, data_fp = prepare_data(plan, skip_bad, check=True, log=log)
     log(f"plan {plan.name} ({plan.source}): {len(plan.jobs)} jobs, data {data}, outputs {plan.out_dir}")
-    only = set(only or [])
-    unknown = only - {j.name for j in plan.jobs} - {j.name.split("/", 1)[-1] for j in plan.jobs}
-    if unknown:
-        raise RoadtopError(f"--only {sorted(unknown)}: no such job; pick from {[j.name for j in plan.jobs]}")
-    states, unpublished = {}, []
+    seen, outcomes, marked, unpublished = {}, {}, {}, []  # as walked; what became of the jobs run; bad runs
     n = len(plan.jobs)
     tags = {j.name: f"[{k}/{n}] {j.name}" for k, j in enumerate(plan.jobs, 1)}
-    for step in walk(plan, data_fp, states, allow_partial):
-        job, tag, picked = step.job, tags[step.job.name], _picked(step.job, only)
-        if step.cannot_start:
-            states[job.name] = record_failure(job, step.cannot_start)
-            log(f"{tag}: FAILED before starting: {step.cannot_start}")
+    for step in walk(plan, data_fp, outcomes, allow_partial):
+        job, tag, mine = step.job, tags[step.job.name], step.job.name in picked
+        seen[job.name] = step.record
+        marked.update(step.marks)
+        if step.state is State.CANNOT_START:
+            outcomes[job.name] = record_failure(job, step.detail)
+            log(f"{tag}: FAILED before starting: {step.detail}")
             continue
-        for d, why in (step.bad or {}).items() if picked else ():
+        for d, why in step.bad.items() if mine else ():
             log(f"{tag}: run {d} cannot be ensembled: {why}")
-        if step.waits:
-            if picked:
-                log(f"{tag}: skipped, {step.waits}")
+        if step.state is State.WAITS:
+            if mine:
+                log(f"{tag}: skipped, {step.detail}")
             continue
-        if step.note and picked:
+        if step.note and mine:
             log(f"{tag}: {step.note}")
-        state = step.state
-        if state["state"] == "complete" and not (force and picked):
+        if step.state is State.COMPLETE and not (force and mine):
             log(f"{tag}: up to date, skipped ({job.out_dir})")
             continue
-        if not picked:
-            log(f"{tag}: not in --only, left {state['state']}")
+        if not mine:
+            log(f"{tag}: not in --only, left {step.state}")
             continue
         log(f"{tag}: running {job.notebook.name} -> {job.out_dir} (elapsed {time.time() - t_start:.0f}s)")
-        state = states[job.name] = execute_job(job, step.fp, step.parts, log)
-        if state["state"] == "complete":
+        state = outcomes[job.name] = execute_job(job, step.fp, step.parts, log)
+        if state["state"] == State.COMPLETE:
             log(f"{tag}: done in {state['seconds']:.1f}s")
             for name in stage(job.stage).publishes:
                 try:
@@ -282,10 +292,11 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
                     unpublished.append(name)
                     log(f"{tag}: {name} not copied to {plan.out_dir}: {cause(e)}")
         else:
-            seen = job.out_dir / state["notebook"]
+            seen_nb = job.out_dir / state["notebook"]
             unrecorded = f" (failed.json not written: {state['unrecorded']})" if state.get("unrecorded") else ""
             log(f"{tag}: FAILED after {state['seconds']:.1f}s: {state['cause']}"
-                f"{f' (see {seen})' if seen.exists() else ''}{unrecorded}")
+                f"{f' (see {seen_nb})' if seen_nb.exists() else ''}{unrecorded}")
+    states = {**seen, **outcomes, **marked}
     failed = [n for n, s in states.items() if s["state"] == "failed"]
     log(f"finished in {time.time() - t_start:.0f}s: {sum(s['state'] == 'complete' for s in states.values())} "
         f"complete, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")

@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from ..dag.cli import ONLY_HELP
 from ..dag.plan import load_plan
 from ..errors import RoadtopError
 from .datasets import package_weights
@@ -26,26 +27,26 @@ def _cmd_push(args) -> int:
     if args.submit and not args.dry_run:
         if not args.wait:
             raise RoadtopError("push --submit needs --wait (or use `pipeline.py kaggle run --submit`)")
-        return run(_plan(args), args.runs, force=args.force, submit_it=True, message=args.message,
+        return run(_plan(args), args.only, force=args.force, submit_it=True, message=args.message,
                    force_running=args.force_running, override=args.override)
-    return push(_plan(args), args.runs, force=args.force, wait=args.wait, dry_run=args.dry_run,
+    return push(_plan(args), args.only, force=args.force, wait=args.wait, dry_run=args.dry_run,
                 force_running=args.force_running, override=args.override)
 
 
 def _cmd_run(args) -> int:
     """`kaggle run`: the whole plan."""
-    return run(_plan(args), args.runs, force=args.force, submit_it=args.submit, message=args.message,
+    return run(_plan(args), args.only, force=args.force, submit_it=args.submit, message=args.message,
                force_running=args.force_running, override=args.override)
 
 
 def _cmd_status(args) -> int:
     """`kaggle status`."""
-    return status(_plan(args), args.runs, once=args.once, interval=args.interval)
+    return status(_plan(args), args.only, once=args.once, interval=args.interval)
 
 
 def _cmd_collect(args) -> int:
     """`kaggle collect`."""
-    return collect(_plan(args), args.runs, replace=args.replace)
+    return collect(_plan(args), args.only, replace=args.replace)
 
 
 def _cmd_submit(args) -> int:
@@ -72,7 +73,7 @@ def add_subcommands(parser):
     common.add_argument("--params", default=argparse.SUPPRESS, help="plan YAML (default: params/demo.yaml)")
     common.add_argument("--out", default=argparse.SUPPRESS, help="output folder (default: the plan's)")
     runs = argparse.ArgumentParser(add_help=False)
-    runs.add_argument("--runs", nargs="+", metavar="NAME", help="run names or globs, e.g. 'train/*' ensemble")
+    runs.add_argument("--only", "--runs", nargs="+", dest="only", metavar="JOB", help=ONLY_HELP)
     sub = parser.add_subparsers(dest="kaggle_cmd", metavar="{run,push,status,collect,submit,weights}",
                                 required=True)
 

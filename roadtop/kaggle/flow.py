@@ -1,6 +1,5 @@
 """Kaggle as the distributed engine: push kernels, poll their status, collect outputs, submit."""
 
-import fnmatch
 import json
 import shutil
 import sys
@@ -14,6 +13,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 
+from ..dag.plan import pick
 from ..dag.records import cause
 from ..dag.report import write_report
 from ..dag.stages import stage
@@ -374,7 +374,7 @@ def _check_quota(api, plan, kernels: list, st, override: bool, log, sleep):
     needed = sum(max(secs[r] for r in k.runs) for k in kernels) / 3600  # a pack lasts as long as its longest run
     problem = quota_problem(needed, quota)
     if problem and not override:
-        raise RoadtopError(f"kaggle push refused: {problem}; push fewer runs (--runs), wait for the refresh, or "
+        raise RoadtopError(f"kaggle push refused: {problem}; push fewer jobs (--only), wait for the refresh, or "
                            "--override")
     log(f"kaggle: {problem}; going on (--override)" if problem else
         f"kaggle: the GPU kernels need est. {needed:.2f} GPU h of the {quota.left_h:.2f} h left this week")
@@ -427,12 +427,12 @@ def refresh(api, plan, names, st=None, record=None, log=print, sleep=time.sleep)
     for n in names:
         rec = record["kernels"].get(n)
         if rec is None:
-            raise RoadtopError(f"{n}: was never pushed to Kaggle: run `pipeline.py kaggle push --runs {n}`")
+            raise RoadtopError(f"{n}: was never pushed to Kaggle: run `pipeline.py kaggle push --only {n}`")
         if state_of(rec.get("status")) is KernelState.RUN_FAILED:
             out[n] = (KernelState.RUN_FAILED.value, rec.get("failure", ""))
             continue
         hint = {403: f"{rec['ref']} must belong to the account of these credentials",
-                404: f"push it first (pipeline.py kaggle push --runs {n})"}
+                404: f"push it first (pipeline.py kaggle push --only {n})"}
         resp = call_kaggle(api.kernels_status, _versioned(rec), run=n, what=f"status of {rec['ref']}",
                            st=st, log=log, sleep=sleep, hint=hint)
         s = state_of(resp.status).value
@@ -447,16 +447,13 @@ def refresh(api, plan, names, st=None, record=None, log=print, sleep=time.sleep)
 
 
 def _pushed(plan, record: dict, runs=None) -> list:
-    """The pushed kernels carrying a run (or named) as in `runs` (names or globs; all when None)."""
+    """The pushed kernels carrying a job (or named) as `runs` picks (roadtop.dag.plan.pick; all when None)."""
     names = list(record["kernels"])
     if not names:
         raise RoadtopError(f"nothing of {plan.source} is pushed to Kaggle yet: run `pipeline.py kaggle push`")
     carried = {n: [n, *(record["kernels"][n].get("runs") or [])] for n in names}
-    every = list(dict.fromkeys(x for xs in carried.values() for x in xs))
-    for pat in runs or []:
-        if not any(fnmatch.fnmatchcase(n, pat) for n in every):
-            raise RoadtopError(f"--runs {pat}: no such run among those pushed ({', '.join(every)})")
-    return [n for n in names if not runs or any(fnmatch.fnmatchcase(x, pat) for pat in runs for x in carried[n])]
+    hit = set(pick(dict.fromkeys(x for xs in carried.values() for x in xs), runs, "among those pushed"))
+    return [n for n in names if hit & set(carried[n])]
 
 
 def stale_sources(record: dict, name: str) -> list:
@@ -565,12 +562,12 @@ def status(plan, runs=None, once: bool = False, interval=None, api=None, out=Non
             if state_of(s).bad and n not in reported:
                 reported.add(n)
                 log(f"{n}: kernel {record['kernels'][n]['ref']} ended in {s}: {msg or 'no message'} "
-                    f"(`pipeline.py kaggle collect --runs {n}` downloads its log)")
+                    f"(`pipeline.py kaggle collect --only {n}` downloads its log)")
             for run, res in (record["kernels"][n].get("results") or {}).items():
                 if res["state"] != "complete" and run not in reported:
                     reported.add(run)
                     log(f"{run}: failed in pack {record['kernels'][n]['ref']} (GPU {res.get('gpu')}): "
-                        f"{res['cause']} (`pipeline.py kaggle collect --runs {run}` downloads its notebook)")
+                        f"{res['cause']} (`pipeline.py kaggle collect --only {run}` downloads its notebook)")
         if once or all(state_of(s).ended for s, _ in now.values()):
             for n in names:
                 if stale_sources(record, n):

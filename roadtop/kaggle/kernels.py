@@ -1,7 +1,6 @@
 """Kernel folders from a plan: the notebook with its parameters injected, its bootstrap cell and kernel-metadata.json."""
 
 import ast
-import fnmatch
 import hashlib
 import json
 from dataclasses import dataclass
@@ -103,20 +102,14 @@ def recorded_fingerprint(entry: dict) -> str:
 
 
 def select_jobs(plan, runs=None, st: KaggleSettings | None = None) -> list:
-    """The jobs to send: those matching `runs` (names or globs like 'train/*'), else the settings' stages."""
+    """The jobs to send: those `runs` picks (names or globs, as `run --only`: Plan.select), else the settings'
+    stages."""
     st = st or settings(plan)
-    names = [j.name for j in plan.jobs]
     if runs:
-        picked = set()
-        for pat in runs:
-            hit = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-            if not hit:
-                raise RoadtopError(f"--runs {pat}: no such run in {plan.source} (runs: {', '.join(names)})")
-            picked.update(hit)
-        return [j for j in plan.jobs if j.name in picked]
+        return list(plan.select(runs))
     out = [j for j in plan.jobs if j.stage in st.stages]
     if not out:
-        raise RoadtopError(f"{plan.source}: no run of the stages {st.stages} to push: name runs with --runs")
+        raise RoadtopError(f"{plan.source}: no job of the stages {st.stages} to push: name jobs with --only")
     return out
 
 
@@ -174,11 +167,11 @@ def kaggle_params(job, slug_of: dict, st: KaggleSettings, jobs: dict | None = No
                          for n in runs]
         if not runs:
             raise RoadtopError(f"{job.name}: none of the runs it reads is sent to Kaggle: push them with it "
-                               "(e.g. --runs 'train/*' ensemble)")
+                               "(e.g. --only 'train/*' ensemble)")
     if "ensemble_dir" in p:  # the predict kernel reads ensemble.json from the ensemble kernel's output
         ens = [n for n in job.needs if n in slug_of and stage(jobs[n].stage).ensembles]
         if not ens:
-            raise RoadtopError(f"{job.name}: its ensemble is not sent to Kaggle: push it with it (--runs ... ensemble)")
+            raise RoadtopError(f"{job.name}: its ensemble is not sent to Kaggle: push it with it (--only ... ensemble)")
         p["ensemble_dir"] = str(KAGGLE_INPUT / slug_of[ens[0]] / kaggle_out(jobs[ens[0]]).relative_to(KAGGLE_WORKING))
     online, why = internet_on(st)
     if p.get("pretrained") and st.weights_dataset and "weights_dir" in p:
@@ -212,7 +205,7 @@ def _source_runs(job, slug_of: dict, jobs: dict) -> list:
         n = by_dir.get(Path(d).resolve())
         if n not in slug_of:
             raise RoadtopError(f"{job.name}: run_dirs entry {d} is not the out_dir of a run sent to Kaggle: "
-                               "add that run to --runs, or leave run_dirs empty")
+                               "add that run to --only, or leave run_dirs empty")
         runs.append(n)
     return runs
 

@@ -41,7 +41,7 @@ class KaggleSettings:
     hidden_test_factor: float = 1.0
     username: str = ""  # kernel owner; empty: the user the credentials belong to
     slug_prefix: str = ""  # kernel slugs are <prefix>-<run>; empty: roadtop-<plan name>
-    # what `push` sends without --runs: the ensemble's members and the ensemble
+    # what `push` sends without --only: the ensemble's members and the ensemble
     stages: list = field(default_factory=lambda: [n for n, s in STAGES.items() if s.member or s.ensembles])
     internet: object = "auto"  # auto: on for a file competition (timm fetches weights), off for a code one
     enable_gpu: bool = True  # GPU for the stages that want one (roadtop.dag.stages: gpu=True)
