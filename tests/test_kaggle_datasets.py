@@ -17,25 +17,6 @@ from fake_kaggle import USER, WEIGHTS, Sleeps, ref
 pytest_plugins = ["fake_kaggle"]
 
 
-def test_local_pretrained_cfg_loads_weights_without_internet(tmp_path):
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    src = timm.create_model("test_resnet", pretrained=False, num_classes=0)
-    wdir = tmp_path / "weights"
-    wdir.mkdir()
-    save_file(src.state_dict(), str(wdir / "test_resnet.r160_in1k.safetensors"))  # named by pretrained tag
-    cfg = weights.local_pretrained_cfg("test_resnet", wdir)
-    assert cfg == {"file": str(wdir / "test_resnet.r160_in1k.safetensors")}
-    torch.manual_seed(1)
-    got = timm.create_model("test_resnet", pretrained=True, num_classes=0, pretrained_cfg_overlay=cfg)
-    pairs = zip(src.state_dict().values(), got.state_dict().values(), strict=True)
-    assert all(torch.equal(a, b) for a, b in pairs)
-    with pytest.raises(RoadtopError, match="no weights for test_convnext in"):
-        weights.local_pretrained_cfg("test_convnext", wdir)
-
-
 def test_weights_command_packages_a_folder_as_a_dataset(plan, fake, tmp_path):
     src = tmp_path / "w"
     hf = src / "models--timm--test_vit.r160_in1k" / "snapshots" / "abc"  # a Hugging Face cache entry

@@ -1,10 +1,8 @@
 """The Kaggle flow against a fake Kaggle on 127.0.0.1, through the real `kaggle` client: push under the GPU session
 cap, status, collect, submit, `kaggle run`, and the command line."""
 
-import importlib.util
 import io
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -14,11 +12,9 @@ from bs4 import BeautifulSoup
 from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
 
 from roadtop import probe
-from roadtop.dag import budget
 from roadtop.dag.plan import load_plan
 from roadtop.errors import RoadtopError
 from roadtop.kaggle import flow, record, settings
-from roadtop.kaggle.budget import kaggle_budget
 from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -191,12 +187,6 @@ def test_submit_code_competition_refuses_an_unfinished_predict_kernel(plan, fake
     assert fake.calls("CreateCodeSubmission") == []
 
 
-def test_a_code_competition_needs_the_predict_section(plan):
-    plan.kaggle["code_competition"] = True
-    with pytest.raises(RoadtopError, match=r"kaggle.code_competition: Kaggle reruns .* add a `predict: \{\}` section"):
-        settings.settings(plan)
-
-
 def test_submit_file_competition_uploads_the_kernels_csv(plan, fake):
     push_all(plan, fake)
     csv = b"image_id,label\n200001.jpg,blast\n"
@@ -206,42 +196,6 @@ def test_submit_file_competition_uploads_the_kernels_csv(plan, fake):
     assert fake.calls("StartSubmissionUpload")[0]["fileName"] == "submission.csv"
     assert fake.uploads["sub-token-1"] == csv
     assert fake.calls("CreateSubmission")[0]["blobFileTokens"] == "sub-token-1"
-
-
-def test_pipeline_kaggle_subcommands(plan, fake, capsys, tmp_path):
-    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "pipeline.py")
-    pipeline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pipeline)
-
-    def run(*args):
-        return pipeline.main(["kaggle", *args, "--params", str(plan.source)])
-
-    assert run("push", "--dry-run") == 0
-    assert fake.calls("SaveKernel") == []
-    assert run("push", "--only", "train/*") == 0
-    assert len(fake.calls("SaveKernel")) == 2
-    assert run("status", "--once") == 0
-    assert "roadtop-kdemo-train-resnet" in capsys.readouterr().out
-    assert run("collect", "--runs", "nope") == 2
-    assert capsys.readouterr().err.startswith("error: --only nope: no such job among those pushed")
-    (tmp_path / "w").mkdir()
-    (tmp_path / "w" / "test_convnext.safetensors").write_bytes(b"w")
-    assert run("weights", str(tmp_path / "w"), "--no-upload") == 0  # the plan's pretrained archs only
-    staged = plan.out_dir / "kaggle" / "weights" / "timm-weights"
-    assert sorted(p.name for p in staged.iterdir()) == ["dataset-metadata.json", "test_convnext.safetensors"]
-    # `kaggle run --submit`: the rest of the plan, then the submission (a short poll, real time)
-    plan.source.write_text(plan.source.read_text().replace("poll_interval: 7", "poll_interval: 0.01"))
-    for run_name in ("train/convnext", "train/resnet"):
-        fake.set_statuses(ref(run_name), "RUNNING", "COMPLETE")
-    fake.set_statuses(ref("ensemble"), "QUEUED", "COMPLETE")
-    fake.outputs[ref("ensemble")]["submission.csv"] = b"image_id,label\n200001.jpg,blast\n"
-    assert run("push", "--submit") == 2
-    assert "push --submit needs --wait" in capsys.readouterr().err
-    assert run("run", "--submit", "-m", "from the cli") == 0
-    assert [s["slug"] for s in fake.calls("SaveKernel")] == [ref("train/convnext"), ref("train/resnet"),
-                                                             ref("ensemble")]
-    assert fake.calls("CreateSubmission")[0]["submissionDescription"] == "from the cli"
-    assert "complete" in capsys.readouterr().out
 
 
 # ---- the scheduler: the real plan's fan-out under Kaggle's GPU session cap ---------------------------------------
@@ -371,45 +325,6 @@ def _probed(plan, s_per_img):
     probe.save_probe(pj.out_dir, res)
 
 
-def test_plan_checks_the_weekly_gpu_quota_and_prints_the_fan_out_wall_clock(tmp_path, monkeypatch):
-    """The real plan: 9 GPU kernels, each in a Kaggle session of its own: the session limit is per run, the weekly
-    quota (kaggle.weekly_gpu_hours without credentials) for the total."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    plan = _real_plan(tmp_path)
-    _probed(plan, 0.1)
-    lines = []
-    assert budget.check_plan(plan, log=lines.append, checks=[kaggle_budget]) == 0  # 27 GPU h in all, but no run near 9 h: not refused
-    assert lines[-1] == "within budget: OK"
-    assert any(ln.startswith("total ") and "h on one GPU, one Kaggle session per GPU kernel (kaggle.session_hours"
-               in ln for ln in lines)
-    rows, _, _ = budget.plan_rows(plan)
-    total, longest = sum(r["seconds"] for r in rows), max(r["seconds"] for r in rows)
-    assert len(rows) == 9 and 20 * 3600 < total < 30 * 3600
-    assert any(ln.startswith("kaggle: internet on (file competition: timm fetches pretrained weights from its hub")
-               for ln in lines)
-    (fan,) = [ln for ln in lines if ln.startswith("kaggle: 9 GPU kernels")]
-    gpu_h, wall_h = re.fullmatch(r"kaggle: 9 GPU kernels, ([\d.]+) GPU h; ([\d.]+) h wall "
-                                 r"clock at 2 at once \(max_gpu_sessions\), then the ensemble", fan).groups()
-    assert "kaggle: weekly GPU quota 30.00 h left of 30 (kaggle.weekly_gpu_hours, no credentials to ask; " \
-           "refreshes unknown)" in lines
-    assert float(gpu_h) == round(total / 3600, 2)
-    assert total / 2 / 3600 - 0.01 <= float(wall_h) <= (total / 2 + longest) / 3600
-    _probed(plan, 0.15)  # ~40 GPU hours: more than a week's quota
-    with pytest.raises(RoadtopError, match=r"the GPU kernels need est. [\d.]+ GPU h, the weekly GPU quota has 30.00 h "
-                       r"left \(of 30 h; it refreshes unknown\)"):
-        budget.check_plan(plan, log=lambda s: None, checks=[kaggle_budget])
-    plan.kaggle["max_gpu_sessions"] = 1
-    plan.kaggle["weekly_gpu_hours"] = 50
-    lines.clear()
-    assert budget.check_plan(plan, override=True, log=lines.append, checks=[kaggle_budget]) == 0
-    assert lines[-1] == "within budget: OK"  # 40 GPU h of 50
-    (fan,) = [ln for ln in lines if ln.startswith("kaggle: 9 GPU kernels")]
-    assert fan.endswith("h wall clock at 1 at once (max_gpu_sessions), then the ensemble")
-    assert f"{budget.plan_rows(plan)[0][-1]['cumulative'] / 3600 - 60 / 3600:.2f} h wall clock" in fan
-
-
 def test_a_run_whose_sources_are_not_on_kaggle_is_refused_before_any_push(plan, fake):
     with pytest.raises(RoadtopError, match="^ensemble: none of the runs it reads is sent to Kaggle"):
         flow.push(plan, runs=["ensemble"], wait=True, log=lambda s: None, sleep=Sleeps(), out=io.StringIO())
@@ -515,16 +430,6 @@ def test_a_failed_dataset_ends_in_one_line_without_waiting(plan, fake):
                     f"`pipeline.py kaggle weights FOLDER --dataset {WEIGHTS}`")
 
 
-def test_a_retired_accelerator_is_refused_saying_what_kaggle_would_run(plan):
-    from kaggle.api import kaggle_api_extended
-
-    assert settings.RETIRED_ACCELERATORS == kaggle_api_extended._RETIRED_ACCELERATORS  # the client's own table
-    plan.kaggle["accelerator"] = "NvidiaTeslaP100"
-    with pytest.raises(RoadtopError, match=r"kdemo.yaml: kaggle.accelerator=NvidiaTeslaP100 is retired on Kaggle: "
-                       r"Sessions run on the default GPU \(NvidiaTeslaT4\) instead. Set kaggle.accelerator"):
-        settings.settings(plan)
-
-
 def test_dry_run_finds_the_owner_from_an_access_token_file(plan, fake, monkeypatch):
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
@@ -569,23 +474,6 @@ def kaggle_budget_secs(plan):
     from roadtop.kaggle.budget import gpu_seconds
 
     return list(gpu_seconds(plan).values())
-
-
-def test_the_cli_refuses_over_the_quota_with_exit_2_and_override_goes_ahead(fake, tmp_path, capsys):
-    plan = _real_plan(tmp_path)
-    _probed(plan, 0.1)
-    fake.quota_used_h = 20.0
-    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "pipeline.py")
-    pipeline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pipeline)
-    assert pipeline.main(["kaggle", "push", "--params", str(plan.source)]) == 2
-    assert "error: kaggle push refused: the GPU kernels need est." in capsys.readouterr().err
-    assert fake.calls("SaveKernel") == []
-    assert pipeline.main(["kaggle", "push", "--params", str(plan.source), "--override"]) == 0
-    assert len(fake.calls("SaveKernel")) == 2 and "going on (--override)" in capsys.readouterr().out
-    assert pipeline.main(["plan", "--params", str(plan.source), "--override"]) == 0
-    out = capsys.readouterr().out
-    assert "kaggle: weekly GPU quota 10.00 h left of 30 (Kaggle's quota_view; refreshes 2026-12-05 00:00 UTC)" in out
 
 
 # ---- one Docker image per sweep ----------------------------------------------------------------------------------
@@ -719,40 +607,3 @@ def test_one_failed_run_of_a_pack_fails_alone(fake, tmp_path):
     assert mate_row.endswith("complete")
 
 
-def test_plan_prints_packs_and_one_run_per_kernel_and_packs_need_at_most_60_percent(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    plan = _real_plan(tmp_path, packs=True)
-    _probed(plan, 0.1)
-    lines = []
-    assert budget.check_plan(plan, log=lines.append, checks=[kaggle_budget]) == 0
-    (one,) = [ln for ln in lines if ln.startswith("kaggle: one run per kernel would be")]
-    (packs,) = [ln for ln in lines if ln.startswith("kaggle: 5 GPU kernels (packs of up to 2 runs")]
-    num = r"([\d.]+) GPU h; ([\d.]+) h wall clock at 2 at once"
-    one_gpu, one_wall = map(float, re.search(num, one).groups())
-    pack_gpu, pack_wall = map(float, re.search(num, packs).groups())
-    assert one.startswith("kaggle: one run per kernel would be 9 GPU kernels")
-    assert pack_gpu <= 0.6 * one_gpu and pack_wall < one_wall
-    secs = sorted(kaggle_budget_secs(plan), reverse=True)
-    assert pack_gpu == round(sum(secs[0::2]) / 3600, 2)  # longest with longest: each pack costs its first run
-
-
-def test_plan_estimates_the_code_competitions_rerun_and_refuses_one_over_its_limit(tmp_path):
-    """The rerun predicts the hidden test set with every member: the probe's inference seconds an image x TTA
-    passes x test images x hidden_test_factor, summed over the members, against kaggle.rerun_limit_h."""
-    plan = code_competition(_real_plan(tmp_path, "  weights_dataset: someone/tw\n"))
-    _probed(plan, 0.1)  # no inference timing: a forward pass is taken as a third of a training step
-    lines = []
-    assert budget.check_plan(plan, log=lines.append, checks=[kaggle_budget]) == 0
-    runs = [j for j in plan.jobs if j.stage in ("train", "multitarget")]
-    want = sum((j.params["tta_n"] + 1) * 3469 * 0.1 * budget.INFER_RATIO for j in runs) / 3600
-    (rerun,) = [ln for ln in lines if "the code competition's rerun" in ln]
-    assert rerun == (f"kaggle: the code competition's rerun predicts the test set with 9 models: est. {want:.2f} h "
-                     f"(x hidden_test_factor 1) of rerun_limit_h 9")
-    plan.kaggle["hidden_test_factor"] = 9 / want + 0.5  # a hidden set that many times larger: over 9 h
-    with pytest.raises(RoadtopError, match=r"plan paddy refused: the rerun's est. [\d.]+ h > kaggle.rerun_limit_h 9 "
-                                           r"\(fewer members or tta_n"):
-        budget.check_plan(plan, log=lambda s: None, checks=[kaggle_budget])
-    plan.kaggle["rerun_limit_h"] = 100.0
-    assert budget.check_plan(plan, log=lambda s: None, checks=[kaggle_budget]) == 0

@@ -11,9 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from slugify import slugify as kaggle_slugify  # the slugify `kaggle kernels push` checks titles with
 
-from roadtop import accum, paddy, paths
 from roadtop.dag.plan import load_plan
 from roadtop.errors import RoadtopError
 from roadtop.kaggle import flow, kernels, settings
@@ -21,7 +19,7 @@ from roadtop.paths import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
 pytest.register_assert_rewrite("fake_kaggle")  # its helpers assert too
-from fake_kaggle import USER, Sleeps, code_competition, params_of, ref
+from fake_kaggle import USER, Sleeps, code_competition, params_of
 
 pytest_plugins = ["fake_kaggle"]
 
@@ -87,12 +85,6 @@ def test_params_are_refused_when_a_kernel_could_not_run(plan, tmp_path):
     plan.kaggle["gpu"] = True
     with pytest.raises(RoadtopError, match="kaggle.gpu is unknown"):
         settings.settings(plan)
-
-
-def test_slugs_are_kaggle_slugs_whose_titles_map_back():
-    for run in ("train/convnext_large_in22k-(320,224)", "ensemble", "train/" + "x" * 80):
-        s = settings.kernel_slug("roadtop-real", run)
-        assert 5 <= len(s) <= 50 and kaggle_slugify(settings.kernel_title(s)) == s
 
 
 def test_dry_run_of_the_real_plan(tmp_path):
@@ -227,41 +219,6 @@ def test_dry_run_of_a_code_competition_needs_the_weights_dataset(tmp_path):
     meta = json.loads((settings.kaggle_dir(plan) / "roadtop-paddy-train-swin-res-224" / "kernel-metadata.json"
                        ).read_text())
     assert meta["enable_internet"] is False and meta["dataset_sources"] == ["someone/tw"]
-
-
-@pytest.mark.parametrize("value,on", [(True, True), (False, False), ("auto", True), ("yes", None)])
-def test_internet_setting(plan, value, on):
-    plan.kaggle["internet"] = value
-    if on is None:
-        with pytest.raises(RoadtopError, match=r"kaggle.internet='yes' should be auto, true or false"):
-            settings.settings(plan)
-        return
-    st = settings.settings(plan)
-    assert settings.internet_on(st)[0] is on
-    meta = kernels.kernel_metadata(plan.job("train/resnet"), st, ref("train/resnet"), "s-lug", [])
-    assert meta["enable_internet"] is on
-
-
-@pytest.mark.parametrize("layout", ["paddy-disease-classification", "competitions/paddy-disease-classification",
-                                    "datasets/someone/paddy-copy"])
-def test_kaggle_inputs_are_found_whatever_the_mount_layout(tmp_path, monkeypatch, layout):
-    """On Kaggle an empty data_path finds the competition by its train.csv + train_images/, the probe's results
-    by probe.json, wherever the session mounted them."""
-    root = tmp_path / "input"
-    data = paddy.make_demo(root / layout, 24, 4, size=(16, 16), progress=False)
-    (root / "notebooks" / USER / "roadtop-x-probe" / "probe").mkdir(parents=True)
-    (root / "notebooks" / USER / "roadtop-x-probe" / "probe" / "probe.json").write_text("{}")
-    (root / "other" / "train_images").mkdir(parents=True)  # no train.csv: not the competition
-    monkeypatch.setattr(paddy, "KAGGLE_INPUT", root)
-    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
-    assert paddy.resolve_data("") == data
-    assert paddy.resolve_data(f"/kaggle/input/{paddy.COMPETITION}") == data  # as a pushed kernel names it
-    assert paths.kaggle_folders("train.csv", "train_images", root=root) == [data]
-    assert paths.kaggle_folders(accum.PROBE_JSON, root=root) == [root / "notebooks" / USER / "roadtop-x-probe" / "probe"]
-    # a pushed kernel's /kaggle/input/<slug>/... parameters, moved to where the session mounted them
-    assert paths.mounted(root / "roadtop-x-probe" / "probe", root) == str(root / "notebooks" / USER / "roadtop-x-probe" / "probe")
-    assert paths.mounted(root / data.name, root) == str(data)
-    assert paths.mounted(root / "nowhere", root) == str(root / "nowhere")  # not mounted: as the plan named it
 
 
 def test_environment_yml_installs_the_pinned_torch_from_pip():

@@ -68,18 +68,3 @@ def test_packs_put_the_longest_runs_together_and_flag_one_longer_than_a_session(
     assert problems == ["pack b, a needs est. 7.20 h, more than one 6 h session"]
 
 
-def test_gpus_per_session_follows_the_accelerator_unless_set(tmp_path):
-    from types import SimpleNamespace
-
-    import pytest
-
-    from roadtop.errors import RoadtopError
-    from roadtop.kaggle.settings import settings
-
-    def st(**kw):
-        return settings(SimpleNamespace(kaggle=kw, source=tmp_path / "p.yaml", name="p"))
-
-    assert st().gpus_per_session == 2  # NvidiaTeslaT4: "GPU T4 x2"
-    assert st(accelerator="NvidiaL4").gpus_per_session == 1 and st(gpus_per_session=1).gpus_per_session == 1
-    with pytest.raises(RoadtopError, match="gpus_per_session=-1 should be 0"):
-        st(gpus_per_session=-1)
