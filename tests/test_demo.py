@@ -46,7 +46,7 @@ def test_holdout_table_agrees_with_the_prose(demo):
     assert sorted(members.index) == sorted(names)  # every image member has its row
     acc = members.holdout_accuracy
     assert (acc >= 0.80).all(), acc.to_dict()
-    assert acc.max() <= 0.95, acc.to_dict()  # every member misses 3 of 60 images or more: room for the ensemble
+    assert acc.max() < 0.97, acc.to_dict()  # every member misses 2 of the 61 holdout images or more: room for the ensemble
     mean = table.set_index("run").loc["mean (plan weights)", "holdout_accuracy"]
     assert mean >= acc.max(), (mean, acc.to_dict())
     doubled = members[members.weight == 2]

@@ -50,7 +50,7 @@ def test_ensemble_kernel_runs_as_on_kaggle(plan, tmp_path, monkeypatch):
     from roadtop import paddy, preds
 
     kag = tmp_path / "kaggle"
-    data = paddy.make_demo(kag / "input" / "competitions" / settings.COMPETITION, 60, 12, size=(32, 48),
+    data = paddy.make_demo(kag / "input" / "competitions" / settings.COMPETITION, 120, 12, size=(32, 48),
                            progress=False)
     trn, hold = paddy.split_files(data, 0.1, 42)
     tst = paddy.test_files(data)
