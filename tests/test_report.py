@@ -38,7 +38,7 @@ def test_report_is_linked_from_the_run_and_holds_every_part(report):
     own = [h.text for h in soup.find_all("h2", id=True) if "\u00b6" not in h.text]  # not the notebooks' headings
     assert own == [
         "Jobs", "Members and ensembles on the holdout", "Charts", "Executed notebooks", "The plan"]
-    assert soup.find("pre").text == plan.source.read_text()  # the plan, verbatim (escaped, so it reads back as is)
+    assert soup.find("pre", id="plan").text == plan.source.read_text()  # the plan, verbatim (escaped, so it reads back as is)
     sections = {s["id"]: s for s in soup.find_all("section", class_="notebook")}
     for job in plan.jobs:  # every job's executed notebook, its cells' source included
         sec = sections[f"nb-{job.name.replace('/', '-')}"]

@@ -75,7 +75,7 @@ _PAGE = """\
 <section class="notebook" id="{{ name|slug }}"><h2>{{ name }}</h2>{{ body }}</section>
 {% endfor %}
 <h2 id="plan-h">The plan</h2>
-<pre>{{ plan_text }}</pre>
+<pre id="plan">{{ plan_text }}</pre>
 </body></html>
 """
 
