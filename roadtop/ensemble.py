@@ -16,6 +16,7 @@ from .preds import RunPreds
 
 __all__ = [
     "CHOICE",
+    "FIT_ON",
     "FOLD_RE",
     "METHODS",
     "Fitted",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 METHODS = ("auto", *blend.METHODS)  # what the notebook's `method` may be: auto picks by the holdout
+FIT_ON = ("auto", "oof", "holdout")  # what fitted weights are fitted on: auto takes oof when every member has it
 CHOICE = "ensemble.json"  # the submitted ensemble, its weights and the scores it was chosen on
 
 FOLD_RE = re.compile(r"^(?P<run>.+)-fold(?P<fold>\d+)$")  # a k-fold job's run name: <run>-fold<i>
@@ -175,8 +177,8 @@ def fit_ensembles(members, plan_w, method: str = "auto", metric: str = "logloss"
     out of each fit, then refitted on the whole holdout for the submission).
     """
     blend.check_method(method, metric, METHODS)
-    if fit_on not in ("auto", "oof", "holdout"):
-        raise RoadtopError(f"fit_on='{fit_on}' is unknown: use auto, oof or holdout")
+    if fit_on not in FIT_ON:
+        raise RoadtopError(f"fit_on='{fit_on}' is unknown: use {', '.join(FIT_ON)}")
     hold = [r.holdout_probs for r in members]
     y = class_index(members[0].vocab, members[0].holdout_labels)
     out = {"mean": _plan_mean(members, plan_w)}

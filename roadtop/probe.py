@@ -19,12 +19,13 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.torch_core import find_bs
 
-from .accum import EFFECTIVE_BS, GIB, probe_file, trial_fits
+from .clock import utc_now
+from .accum import EFFECTIVE_BS, GIB, probe_file, same_spec, trial_fits
 from .paths import atomic_write
 
 __all__ = ["DEMO_RUNS", "PROBE_CSV", "PROBE_PNG", "PROBE_VALID_PCT", "StepMeter", "accums_for", "budget_fraction",
            "device_info", "emulate_budget", "enough", "guarded_trial", "images_needed", "infer_seconds", "is_oom",
-           "plot_probe", "probe_result", "report_gpu", "reset_peak", "same_spec", "save_probe", "trials_frame"]
+           "plot_probe", "probe_result", "report_gpu", "probed_as", "reset_peak", "save_probe", "trials_frame"]
 
 PROBE_CSV, PROBE_PNG = "probe.csv", "probe.png"
 
@@ -139,11 +140,9 @@ def enough(trials: list, spec: dict, stop_at_fit: bool, budget_gb: float, margin
     return stop_at_fit and trial_fits(last, budget_gb, margin_gb) and explicit_done
 
 
-def same_spec(results: dict, spec: dict):
+def probed_as(results: dict, spec: dict):
     """(name, record) of an already probed run with the same spec (the k folds of a run), or None."""
-    key = json.dumps(spec, sort_keys=True, default=str)
-    return next(((n, r) for n, r in results.items() if json.dumps(r["spec"], sort_keys=True, default=str) == key),
-                None)
+    return next(((n, r) for n, r in results.items() if same_spec(r["spec"], spec)), None)
 
 
 class StepMeter(Callback):
@@ -226,7 +225,7 @@ def probe_result(runs: dict, info: dict, counts: dict, settings: dict, seconds: 
     the stage that trains it (`stages`: run name -> stage)."""
     runs = {name: {**r, "stage": (stages or {}).get(name)} for name, r in runs.items()}
     return {**info, **settings, "counts": counts, "seconds": round(seconds, 1), "runs": runs,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "finished": utc_now()}
 
 
 def trials_frame(result: dict):

@@ -3,6 +3,8 @@ taken over. (tests/test_faults.py plays it with two real `pipeline.py run` proce
 
 import json
 import os
+import re
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -16,8 +18,9 @@ def test_a_second_holder_stops_naming_the_first_and_the_lock_goes_when_the_run_e
         assert f == out / LOCK
         me = json.loads(f.read_text())
         assert me["pid"] == os.getpid() and me["command"].startswith("pipeline.py")
-        with pytest.raises(RoadtopError, match=rf"^{out} is in use by another run \(pid {os.getpid()}, started "
-                                               rf"{me['started']} \(pipeline.py.*\)\): wait for it to end, or pass "
+        assert datetime.fromisoformat(me["started"]).utcoffset() == timedelta(0)  # in UTC, as every timestamp
+        with pytest.raises(RoadtopError, match=rf"^{re.escape(str(out))} is in use by another run \(pid {os.getpid()}, "
+                                               rf"started {re.escape(me['started'])} \(pipeline.py.*\)\): wait for it to end, or pass "
                                                r"another --out$"):
             with run_lock(out):
                 pass

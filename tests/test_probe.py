@@ -46,8 +46,8 @@ def test_runs_with_the_same_spec_are_found():
     """The k folds of a run (same arch, sizes and accum) cost one measurement: the loop finds the earlier record."""
     spec = {"arch": "test_resnet", "item_method": "crop", "item_size": 64, "size": 32}
     results = {"res-fold0": {"spec": dict(spec), "trials": [T(1)], "accum": 1, "reason": "r"}}
-    assert probes.same_spec(results, dict(reversed(list(spec.items()))))[0] == "res-fold0"
-    assert probes.same_spec(results, {**spec, "arch": "test_convnext"}) is None
+    assert probes.probed_as(results, dict(reversed(list(spec.items()))))[0] == "res-fold0"
+    assert probes.probed_as(results, {**spec, "arch": "test_convnext"}) is None
 
 
 def test_the_notebooks_train_is_timed_on_cpu_with_fastais_gradient_accumulation(tiny_data):

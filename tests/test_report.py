@@ -17,7 +17,8 @@ from PIL import Image
 
 from roadtop.dag.plan import Job
 from roadtop.dag.records import record_failure
-from roadtop.dag.report import FIGURES, duration, figures, write_report
+from roadtop.clock import hms
+from roadtop.dag.report import FIGURES, figures, write_report
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_jobs_table_shows_state_and_time(report):
     assert [r[0] for r in rows] == [j.name for j in plan.jobs]
     assert rows[0][0] == "probe" and rows[-2:] == [r for r in rows if r[0] in ("ensemble", "predict")] and len(_trains(plan)) >= 3
     took = [json.loads((j.out_dir / "manifest.json").read_text())["seconds"] for j in plan.jobs]
-    assert [r[2] for r in rows] == ["complete"] * len(rows) and [r[3] for r in rows] == [duration(t) for t in took]
+    assert [r[2] for r in rows] == ["complete"] * len(rows) and [r[3] for r in rows] == [hms(t) for t in took]
 
 
 def test_holdout_table_matches_holdout_csv(report):

@@ -2,12 +2,12 @@
 
 import json
 import math
-from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from ..accum import auto_accum, probe_file, read_probes, run_spec, same_spec, trial_fits
+from ..clock import hms
 from ..errors import RoadtopError
 from .records import FAILED
 from .stages import stage
@@ -143,13 +143,6 @@ def plan_rows(plan) -> tuple:
     return rows, pj, probe
 
 
-def _dur(s: float) -> str:
-    """Seconds as h:mm:ss ('1:05:00', '0:04:07'), '?' when not estimated."""
-    if s is None or math.isnan(s):
-        return "?"
-    return str(timedelta(seconds=round(s)))
-
-
 def check_plan(plan, override: bool = False, log=print, checks=()) -> int:
     """Print run / accum / est. peak / est. time against time_budget_h; refuse an overflowing plan unless `override`.
 
@@ -166,10 +159,10 @@ def check_plan(plan, override: bool = False, log=print, checks=()) -> int:
         mem = "GPU memory not measured: n/m"
     log(f"plan {plan.name}: probe on {probe.get('device')} ({mem}); {c['n_train']} train / {c.get('n_holdout', 0)} "
         f"holdout / {c['n_test']} test images")
-    probe_s = _dur(probe.get("seconds") or 0)
+    probe_s = hms(probe.get("seconds") or 0, "?")
     table = [("(probe)", "", "", probe_s, probe_s, "")] + [
         (r["run"], "-" if r["accum"] is None else f"{'auto ' if r['auto'] else ''}{r['accum']}", r["peak"],
-         _dur(r["seconds"]), _dur(r["cumulative"]), "" if r["fits"] else "<- does not fit") for r in rows]
+         hms(r["seconds"], "?"), hms(r["cumulative"], "?"), "" if r["fits"] else "<- does not fit") for r in rows]
     text = pd.DataFrame(table, columns=["run", "accum", "est. peak GiB", "est. time", "cumulative", ""])
     for line in text.to_string(index=False).splitlines():
         log(line.rstrip())

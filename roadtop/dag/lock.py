@@ -4,10 +4,10 @@ import fcntl
 import json
 import os
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..clock import utc_now
 from ..errors import RoadtopError
 
 __all__ = ["LOCK", "run_lock"]
@@ -61,7 +61,7 @@ def run_lock(folder, log=print):
         old = _holder(fd)
         if old.get("pid") and old.get("pid") != os.getpid():
             log(f"took over the lock of a run that ended without letting go ({_said(old)}): {f}")
-        me = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        me = {"pid": os.getpid(), "started": utc_now(),
               "command": " ".join(["pipeline.py", *sys.argv[1:]])[:200]}
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)

@@ -26,7 +26,7 @@ LIMITS = {
     "margin_gb": ">= 0", "wd": ">= 0", "disease_weight": ">= 0", "variety_weight": ">= 0",
     "weights": ">= 0", "folds": ">= 0", "fold": ">= 0", "cv_folds": ">= 2",
     "holdout_pct": "(0, 1)", "valid_pct": "(0, 1)", "sample": "(0, 1]",
-    "item_method": ITEM_METHODS, "method": ensemble.METHODS, "metric": blend.METRICS, "fit_on": ("auto", "oof", "holdout"),
+    "item_method": ITEM_METHODS, "method": ensemble.METHODS, "metric": blend.METRICS, "fit_on": ensemble.FIT_ON,
     "demo.n_train": "> 0", "demo.n_test": "> 0", "demo.size": "> 0",
 }
 # Parameters the pipeline sets on every job it runs, so a plan may not: the paths it reads and writes, and the

@@ -1,14 +1,14 @@
 """A job's records in its out_dir: manifest.json (complete, written last) and failed.json (one-line cause)."""
 
 import json
-from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 
+from ..clock import utc_now
 from ..paths import atomic_write
 from .fingerprint import what_changed
 
-__all__ = ["MANIFEST", "FAILED", "State", "job_state", "record_failure", "cause", "utc_now"]
+__all__ = ["MANIFEST", "FAILED", "State", "job_state", "record_failure", "cause"]
 
 
 MANIFEST = "manifest.json"
@@ -26,11 +26,6 @@ class State(StrEnum):
     PENDING = "pending"  # never ran (or its outputs are gone)
     WAITS = "waits"  # for the jobs it reads (the ensemble for its runs, predict for the ensemble)
     CANNOT_START = "cannot_start"  # its parameters cannot be made (accum: auto without a usable probe result)
-
-
-def utc_now() -> str:
-    """The time now, in UTC, as ISO 8601 to the second (2026-12-01T22:10:05+00:00): the runner's `finished`."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _read_json(f: Path):

@@ -1,8 +1,6 @@
 """outputs/report.html: one shareable page with the plan, each job's state, key charts and every executed notebook."""
 
 import re
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import jinja2
@@ -12,11 +10,12 @@ from markupsafe import Markup
 from nbconvert import HTMLExporter
 from pygments.formatters import HtmlFormatter
 
+from ..clock import hms, utc_now
 from ..paths import atomic_write
 from .records import job_state
 from .stages import stage
 
-__all__ = ["FIGURES", "REPORT", "duration", "figures", "notebook_html", "write_report"]
+__all__ = ["FIGURES", "REPORT", "figures", "notebook_html", "write_report"]
 
 REPORT = "report.html"
 
@@ -98,11 +97,6 @@ def _executed(job) -> Path:
     return Path(job.out_dir) / f"{job.stage}.ipynb"
 
 
-def duration(seconds) -> str:
-    """Seconds as h:mm:ss (timedelta's way, to the second); empty when not a number."""
-    return str(timedelta(seconds=round(seconds))) if isinstance(seconds, (int, float)) else ""
-
-
 def figures(nb, tag: str) -> list:
     """The PNG images (base64, on one line) output by the code cells of `nb` tagged `tag`."""
     return ["".join(o["data"]["image/png"].split()) for c in nb.cells
@@ -128,7 +122,7 @@ def _holdout_html(plan) -> str:
 
 
 _ENV = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
-_ENV.filters.update(slug=_slug, duration=duration)
+_ENV.filters.update(slug=_slug, duration=hms)
 
 
 def write_report(plan, states=None, path=None) -> Path:
@@ -137,7 +131,7 @@ def write_report(plan, states=None, path=None) -> Path:
     path = Path(path or Path(plan.out_dir) / REPORT)
     nbs = {j.name: nb for j in plan.jobs if (nb := _read(_executed(j))) is not None}
     page = _ENV.from_string(_PAGE).render(
-        name=plan.name, when=time.strftime("%Y-%m-%d %H:%M:%S"), source=str(plan.source), out_dir=str(plan.out_dir),
+        name=plan.name, when=utc_now(), source=str(plan.source), out_dir=str(plan.out_dir),
         css=Markup(_CSS + HtmlFormatter().get_style_defs(".highlight")),
         jobs=[(j, states.get(j.name) or job_state(j)) for j in plan.jobs],
         holdout=_holdout_html(plan),

@@ -12,6 +12,7 @@ import papermill as pm
 from jupyter_client import AsyncKernelManager
 from traitlets.config import Config
 
+from ..clock import utc_now
 from ..errors import RoadtopError
 from ..paths import atomic_write
 from .budget import resolve_accum
@@ -19,7 +20,7 @@ from .checks import cached_check, check_runs_dirs, raise_problems, walk_problems
 from .datafiles import scan
 from .fingerprint import data_fingerprint, fingerprint, job_parts
 from .plan import resolve_plan_data
-from .records import FAILED, MANIFEST, State, cause, job_state, record_failure, utc_now
+from .records import FAILED, MANIFEST, State, cause, job_state, record_failure
 from .render import thaw, with_data
 from .report import write_report
 from .stages import stage

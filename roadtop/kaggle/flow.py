@@ -5,7 +5,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from enum import Enum
 from functools import partial
 from pathlib import Path
@@ -17,6 +17,7 @@ from ..dag.plan import pick
 from ..dag.records import cause
 from ..dag.report import write_report
 from ..dag.stages import stage
+from ..clock import elapsed, utc_now
 from ..errors import RoadtopError
 from ..paths import KAGGLE_WORKING, atomic_write
 from .budget import gpu_seconds, quota_problem
@@ -72,11 +73,6 @@ class PushResult:
     cause: str = ""
 
 
-def _now() -> str:
-    """UTC time, ISO format, seconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _saved(version, url):
     """What SaveKernel would have answered, for a version found after the answer was lost (5xx)."""
     return SimpleNamespace(version_number=version, url=url, error="", invalid_dataset_sources=[],
@@ -125,7 +121,7 @@ def _push_one(api, plan, k: Kernel, st, record, log, sleep) -> PushResult:
         return PushResult(PushOutcome.REFUSED, f"{k.name}: {reason}", reason)
     entry = {"ref": k.ref, "slug": k.slug, "folder": str(k.folder), "version": resp.version_number,
              "url": resp.url, "fingerprint": kernel_fingerprint(k, record), "sources": source_versions(k, record),
-             "gpu": gpu_kernel(k), "pushed_at": _now(), "status": KernelState.QUEUED.value, "failure": "",
+             "gpu": gpu_kernel(k), "pushed_at": utc_now(), "status": KernelState.QUEUED.value, "failure": "",
              "checked_at": "", "running_since": "", "runs": k.runs, "pack": k.name not in k.runs}
     lost = _lost_sources(resp)
     if lost:
@@ -437,8 +433,8 @@ def refresh(api, plan, names, st=None, record=None, log=print, sleep=time.sleep)
                            st=st, log=log, sleep=sleep, hint=hint)
         s = state_of(resp.status).value
         if s == "RUNNING" and rec.get("status") != "RUNNING":
-            rec["running_since"] = _now()
-        rec.update(status=s, failure=resp.failure_message or state_of(s).why, checked_at=_now())
+            rec["running_since"] = utc_now()
+        rec.update(status=s, failure=resp.failure_message or state_of(s).why, checked_at=utc_now())
         if s == "COMPLETE" and rec.get("pack") and "results" not in rec:
             rec["results"] = _pack_results(api, n, rec, st, log, sleep)
         out[n] = (s, rec["failure"])
@@ -463,15 +459,6 @@ def stale_sources(record: dict, name: str) -> list:
             if record["kernels"].get(kernel_of(record, n), {}).get("version") != v]
 
 
-def _elapsed(since: str) -> str:
-    """h:mm:ss since ISO time `since` (UTC), or '?'."""
-    try:
-        took = datetime.now(timezone.utc) - datetime.fromisoformat(since)
-    except (TypeError, ValueError):
-        return "?"
-    return str(timedelta(seconds=max(0, int(took.total_seconds()))))
-
-
 def _phase(record: dict, n: str, notes: dict, failed: dict) -> tuple:
     """(word, detail) for run `n` in the live table: waiting / queued / running / complete / error / failed."""
     r = record["kernels"].get(n)
@@ -485,7 +472,7 @@ def _phase(record: dict, n: str, notes: dict, failed: dict) -> tuple:
     stale = stale_sources(record, n)
     extra = f"; stale: {', '.join(stale)} pushed anew since" if stale else ""
     if s == "RUNNING":
-        return "running", _elapsed(r.get("running_since") or r.get("pushed_at")) + extra
+        return "running", elapsed(r.get("running_since") or r.get("pushed_at")) + extra
     if state_of(s) in (KernelState.ERROR, KernelState.RUN_FAILED):
         return "error" if state_of(s) is KernelState.ERROR else "failed", (r.get("failure") or "no message") + extra
     if s == "CANCEL_ACKNOWLEDGED":
@@ -595,7 +582,7 @@ def _install(job, src: Path, rec: dict, replace: bool, log) -> bool:
         with atomic_write(dest / p.name, "wb") as f, open(p, "rb") as g:
             shutil.copyfileobj(g, f)
     with atomic_write(dest / MARKER) as f:
-        json.dump({"ref": rec["ref"], "version": rec.get("version"), "collected_at": _now()}, f, indent=2)
+        json.dump({"ref": rec["ref"], "version": rec.get("version"), "collected_at": utc_now()}, f, indent=2)
     log(f"{job.name}: {len(files)} files of {rec['ref']} v{rec.get('version')} -> {dest}")
     return True
 
@@ -700,7 +687,7 @@ def submit(plan, message=None, api=None, log=print, sleep=time.sleep) -> int:
             raise KaggleCallError(f"{job.name}: uploading {csv} failed: rerun `pipeline.py kaggle submit`")
         sent = {"file": str(csv)}
     record.setdefault("submissions", []).append(
-        {**sent, "ref": getattr(resp, "ref", None), "message": getattr(resp, "message", ""), "at": _now()})
+        {**sent, "ref": getattr(resp, "ref", None), "message": getattr(resp, "message", ""), "at": utc_now()})
     save_record(plan, record)
     log(f"{job.name}: {getattr(resp, 'message', '')} (submission {getattr(resp, 'ref', '?')})")
     return 0
