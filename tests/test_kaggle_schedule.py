@@ -2,7 +2,7 @@
 
 from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
 
-from roadtop.kaggle.schedule import ENDED_BADLY, Candidate, Decision, KernelState, decide, pack_runs, running_repushes, state_of
+from roadtop.kaggle.schedule import ENDED_BADLY, Action, Candidate, Decision, KernelState, asks_datasets, decide, pack_runs, running_repushes, state_of
 
 S = KernelState
 
@@ -19,9 +19,16 @@ def test_every_kaggle_worker_status_has_a_state_and_only_the_running_ones_hold_a
 def test_gpu_kernels_wait_for_a_free_session_counting_the_pushes_it_decides():
     todo = [Candidate(f"train/{i}", gpu=True) for i in range(3)] + [Candidate("collab")]
     d = decide(todo, {}, {}, busy=1, cap=2)
-    assert d["train/0"] == Decision("push")
-    assert d["train/1"].action == d["train/2"].action == "wait" and d["train/1"].why == "GPU sessions busy (2 of 2)"
-    assert d["collab"].action == "push"  # a CPU kernel takes no GPU session
+    assert d["train/0"] == Decision(Action.PUSH)
+    assert d["train/1"].action is d["train/2"].action is Action.WAIT
+    assert d["train/1"].why == "GPU sessions busy (2 of 2)"
+    assert d["collab"].action is Action.PUSH  # a CPU kernel takes no GPU session
+
+
+def test_once_kaggle_refused_a_gpu_push_as_over_its_sessions_every_gpu_kernel_waits_cpu_ones_go():
+    todo = [Candidate("train/0", gpu=True), Candidate("collab")]
+    d = decide(todo, {}, {}, busy=0, cap=2, kaggle_full=True)
+    assert d["train/0"] == Decision(Action.WAIT, "Kaggle: GPU sessions busy") and d["collab"].action is Action.PUSH
 
 
 def test_a_kernel_waits_for_its_sources_until_complete_and_fails_when_one_ended_badly():
@@ -47,10 +54,21 @@ def test_a_dataset_that_failed_or_was_deleted_fails_at_once_one_still_processing
     assert decide([c], {}, {"me/w": "ready"}, 0, 2)["train/a"].action == "push"
 
 
-def test_an_up_to_date_kernel_is_skipped_unless_forced():
+def test_an_up_to_date_kernel_is_skipped_unless_forced_or_a_run_it_reads_is_sent_again():
     c = Candidate("train/a", gpu=True, current=True)
-    assert decide([c], {}, {}, 0, 2)["train/a"].action == "skip"
-    assert decide([c], {}, {}, 0, 2, force=True)["train/a"].action == "push"
+    assert decide([c], {}, {}, 0, 2)["train/a"].action is Action.SKIP
+    assert decide([c], {}, {}, 0, 2, force=True)["train/a"].action is Action.PUSH
+    ens = Candidate("ensemble", needs=("train/a",), current=True)
+    assert decide([ens], {"train/a": S.RUNNING}, {}, 0, 2)["ensemble"].action is Action.SKIP  # as recorded
+    d = decide([Candidate("train/a", gpu=True), ens], {"train/a": S.COMPLETE}, {}, 0, 2)
+    assert d["ensemble"] == Decision(Action.WAIT, "needs train/a")  # its source gets a new version first
+
+
+def test_datasets_are_asked_about_only_once_every_run_read_is_complete():
+    c = Candidate("ensemble", needs=("train/a",), datasets=("me/w",))
+    assert not asks_datasets(c, [Candidate("train/a"), c], {"train/a": S.COMPLETE})  # still to send
+    assert not asks_datasets(c, [c], {"train/a": S.RUNNING})
+    assert asks_datasets(c, [c], {"train/a": S.COMPLETE})
 
 
 def test_a_kernel_whose_version_holds_a_session_is_a_running_repush():

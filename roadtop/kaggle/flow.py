@@ -26,7 +26,7 @@ from .kernels import (Kernel, build_kernels, gpu_kernel, kaggle_out, kernel_fing
                       select_jobs, source_versions)
 from .packnb import PACK_JSON
 from .record import load_record, save_record
-from .schedule import Candidate, KernelState, decide, running_repushes, state_of
+from .schedule import Action, Candidate, KernelState, asks_datasets, decide, running_repushes, state_of
 from .settings import internet_on, settings
 
 __all__ = [
@@ -66,11 +66,12 @@ class PushOutcome(str, Enum):
 
 @dataclass(frozen=True)
 class PushResult:
-    """A push's outcome, the line that says it, and (REFUSED) the cause the live table shows."""
+    """A push's outcome, the line that says it, (REFUSED) the cause the live table shows and the HTTP code."""
 
     outcome: PushOutcome
     message: str = ""
     cause: str = ""
+    code: int | None = None  # the HTTP status when the push call itself failed (401: every later call would too)
 
 
 def _saved(version, url):
@@ -209,23 +210,31 @@ def _holding(record: dict) -> int:
     return sum(1 for r in record["kernels"].values() if r.get("gpu") and state_of(r.get("status")).holds_session)
 
 
+def _watched(record: dict, todo: list, names: list) -> list:
+    """Kernels to ask Kaggle about: those of the runs ours read, ours, and every GPU kernel of the plan, while
+    they hold a session (their state may change)."""
+    needed = {kernel_of(record, n) for k in todo for n in k.needs}
+    return [n for n, r in record["kernels"].items()
+            if (n in names or n in needed or r.get("gpu")) and state_of(r.get("status")).holds_session]
+
+
+def _try_push(api, plan, k: Kernel, st, record, log, sleep) -> PushResult:
+    """_push_one, with a failed HTTP call (KaggleCallError, said in one line) as a refusal carrying its code."""
+    try:
+        return _push_one(api, plan, k, st, record, log, sleep)
+    except KaggleCallError as e:
+        return PushResult(PushOutcome.REFUSED, str(e), str(e).split(": ", 1)[-1], code=e.code)
+
+
 def _schedule(api, plan, kernels: list, st, record, force, wait, user, log, sleep, live) -> int:
     """Push `kernels` (needed runs first) keeping at most st.max_gpu_sessions GPU kernels holding a session; a
-    run that reads others goes when they are COMPLETE (roadtop.kaggle.schedule.decide says what to do, this loop
-    asks Kaggle and does it). `wait`: poll until every kernel has ended."""
-    todo, names = [], [k.name for k in kernels]
-    for k in kernels:
-        if force or not _up_to_date(k, record) or any(n in {r for t in todo for r in t.runs} for n in k.needs):
-            todo.append(k)
-        else:
-            rec = record["kernels"][k.name]
-            log(f"{k.name}: {k.ref} version {rec.get('version')} is already pushed with these parameters "
-                "(--force pushes a new version)")
-    failed, notes, refusals, rc, cap = {}, {}, 0, 0, st.max_gpu_sessions
+    run that reads others goes when they are COMPLETE. Each poll asks Kaggle (states, datasets), then pushes one
+    kernel at a time as roadtop.kaggle.schedule.decide says, deciding again after each push. `wait`: poll until
+    every kernel has ended."""
+    names, todo = [k.name for k in kernels], list(kernels)
+    failed, notes, refusals, rc = {}, {}, 0, 0
     while True:
-        needed = {kernel_of(record, n) for k in todo for n in k.needs}  # kernels of the runs ours read
-        watch = [n for n, r in record["kernels"].items()  # and every GPU kernel of the plan that holds a session
-                 if (n in names or n in needed or r.get("gpu")) and state_of(r.get("status")).holds_session]
+        watch = _watched(record, todo, names)
         if watch:
             try:
                 refresh(api, plan, watch, st=st, record=record, log=log, sleep=sleep)
@@ -233,55 +242,50 @@ def _schedule(api, plan, kernels: list, st, record, force, wait, user, log, slee
                 if not wait or e.code == 401:
                     raise
                 log(f"{e}; the next poll tries again")
-        states = run_states(record)
+        datasets, full, progress = {}, False, False
+        while todo:
+            states, cands = run_states(record), [_candidate(k, record, user) for k in todo]
+            for c in cands:
+                if asks_datasets(c, cands, states):
+                    for d in c.datasets:
+                        datasets.setdefault(d, _dataset_ready(api, d, st, log, sleep))
+            lost = {r for k in kernels if k.name in failed for r in k.runs}
+            plan_now = decide(cands, states, datasets, _holding(record), st.max_gpu_sessions,
+                              failed=set(failed) | lost, force=force, kaggle_full=full)
+            settled = [k for k in todo if plan_now[k.name].action in (Action.FAIL, Action.SKIP)]
+            for k in todo:
+                d = plan_now[k.name]
+                notes[k.name] = d.why
+                if d.action is Action.FAIL:
+                    failed[k.name], rc = d.why, 1
+                    log(f"{k.name}: not pushed: {d.why}: {d.fix}")
+                elif d.action is Action.SKIP:
+                    log(f"{k.name}: {k.ref} version {record['kernels'][k.name].get('version')} is already pushed "
+                        "with these parameters and sources (--force pushes a new version)")
+            if settled:  # what reads them is decided again without them
+                todo = [k for k in todo if k not in settled]
+                continue
+            k = next((k for k in todo if plan_now[k.name].action is Action.PUSH), None)
+            if k is None:
+                break
+            done = _try_push(api, plan, k, st, record, log, sleep)
+            if done.outcome is PushOutcome.SESSIONS_BUSY:  # fewer sessions than asked now, or others hold them
+                full = True
+                if refusals == 0:
+                    log(f"{done.message}: the next GPU kernel goes when one of the {_holding(record)} running here "
+                        "ends")
+                continue
+            todo.remove(k)
+            notes.pop(k.name, None)
+            if done.outcome is PushOutcome.REFUSED:
+                log(done.message)
+                failed[k.name], rc = done.cause, 1
+                if done.code == 401:  # every further call would fail the same way
+                    return rc
+                continue
+            progress = True
         busy = _holding(record)
-        cands = [_candidate(k, record, user) for k in todo]
-        queued = {r for k in todo for r in k.runs}
-        datasets = {d: _dataset_ready(api, d, st, log, sleep) for c in cands if not any(
-            n in queued or states.get(n) is not KernelState.COMPLETE for n in c.needs) for d in c.datasets}
-        lost = {r for k in kernels if k.name in failed for r in k.runs}
-        plan_now = decide(cands, states, datasets, busy, cap, failed=set(failed) | lost, force=force)
-        refused = progress = False
-        for k in list(todo):
-            d = plan_now[k.name]
-            if d.action == "fail":
-                failed[k.name] = d.why
-                log(f"{k.name}: not pushed: {d.why}: {d.fix}")
-                todo.remove(k)
-                rc = 1
-            elif d.action == "skip":
-                log(f"{k.name}: {k.ref} is already pushed with these parameters and sources")
-                todo.remove(k)
-            elif d.action == "wait" or (refused and gpu_kernel(k)):
-                notes[k.name] = "Kaggle: GPU sessions busy" if d.action == "push" else d.why
-            else:
-                try:
-                    done = _push_one(api, plan, k, st, record, log, sleep)
-                except KaggleCallError as e:
-                    log(str(e))
-                    failed[k.name] = str(e).split(": ", 1)[-1]
-                    todo.remove(k)
-                    rc = 1
-                    if e.code == 401:  # every further call would fail the same way
-                        return rc
-                    continue
-                if done.outcome is PushOutcome.SESSIONS_BUSY:
-                    refused = True  # the account runs fewer than asked now (or others hold them): retry next poll
-                    notes[k.name] = "Kaggle: GPU sessions busy"
-                    if refusals == 0:
-                        log(f"{done.message}: the next GPU kernel goes when one of the {busy} running here ends")
-                    continue
-                if done.outcome is PushOutcome.REFUSED:
-                    log(done.message)
-                    failed[k.name] = done.cause
-                    todo.remove(k)
-                    rc = 1
-                    continue
-                todo.remove(k)
-                notes.pop(k.name, None)
-                progress = True
-        busy = _holding(record)
-        refusals = refusals + 1 if refused and not busy else 0  # none of ours runs: others hold the sessions
+        refusals = refusals + 1 if full and not busy else 0  # none of ours runs: others hold the sessions
         live.show(*status_table(record, names, notes={k.name: notes.get(k.name, "") for k in todo},
                                 failed=failed, runs_of={k.name: k.runs for k in kernels}))
         running = [n for n in names if n in record["kernels"] and _kernel_state(record, n).holds_session]

@@ -2,9 +2,9 @@
 fail (why). No HTTP here; roadtop.kaggle.flow asks Kaggle, calls `decide`, does what it says."""
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
-__all__ = ["ENDED_BADLY", "Candidate", "Decision", "KernelState", "decide", "pack_runs", "running_repushes", "state_of"]
+__all__ = ["ENDED_BADLY", "Action", "Candidate", "Decision", "KernelState", "asks_datasets", "decide", "pack_runs", "running_repushes", "state_of"]
 
 
 class KernelState(str, Enum):
@@ -66,11 +66,20 @@ class Candidate:
     current: bool = False  # recorded with this content and these source versions, not ended badly
 
 
+class Action(StrEnum):
+    """What the scheduler does with a kernel still to send."""
+
+    PUSH = "push"
+    WAIT = "wait"  # for the runs it reads, its datasets or a free GPU session: decided again at the next poll
+    FAIL = "fail"  # it cannot run: a run it reads failed, its dataset is missing/FAILED/DELETED
+    SKIP = "skip"  # already pushed with these parameters and sources
+
+
 @dataclass(frozen=True)
 class Decision:
-    """What to do with one candidate: action 'push', 'wait', 'fail' or 'skip' (already there), why, the fix."""
+    """What to do with one candidate: its Action, why, the fix (for a failure)."""
 
-    action: str
+    action: Action
     why: str = ""
     fix: str = "fix it, then `pipeline.py kaggle push` again"
 
@@ -79,49 +88,60 @@ def _dataset_verdict(ds: str, status: str):
     """Decision ('fail' | 'wait') for one of the kernel's own datasets by its Kaggle status; None when ready."""
     make = f"`pipeline.py kaggle weights FOLDER --dataset {ds}`"
     if status == "missing":
-        return Decision("fail", f"dataset {ds} does not exist on Kaggle", f"create it with {make}")
+        return Decision(Action.FAIL, f"dataset {ds} does not exist on Kaggle", f"create it with {make}")
     if status in ("failed", "deleted"):  # kagglesdk DatabundleVersionStatus FAILED / DELETED: it never gets ready
-        return Decision("fail", f"dataset {ds} is {status.upper()} on Kaggle", f"upload it again with {make}")
+        return Decision(Action.FAIL, f"dataset {ds} is {status.upper()} on Kaggle", f"upload it again with {make}")
     if status != "ready":
-        return Decision("wait", f"dataset {ds} ({status}) is not ready")
+        return Decision(Action.WAIT, f"dataset {ds} ({status}) is not ready")
     return None
 
 
-def decide(todo: list, states: dict, datasets: dict, busy: int, cap: int, failed=(), force=False) -> dict:
-    """name -> Decision for each Candidate in `todo`, in order: a kernel fails when a run it reads failed or
-    ended badly, or its dataset is missing/FAILED/DELETED; waits for the runs it reads (until COMPLETE), for its
-    datasets, for a free GPU session (`busy` of `cap` taken, counting the pushes decided here); is skipped when
-    already up to date (unless `force`); else is pushed. `states`: run -> KernelState; `datasets`: own dataset
-    -> Kaggle status (lowercase, 'missing' when it does not exist)."""
+def decide(todo: list, states: dict, datasets: dict, busy: int, cap: int, failed=(), force=False,
+           kaggle_full=False) -> dict:
+    """name -> Decision for each Candidate in `todo`, in order: a kernel is skipped when already up to date and
+    no run it reads is still to send (unless `force`); fails when a run it reads failed or ended badly, or its
+    dataset is missing/FAILED/DELETED; waits for the runs it reads (until COMPLETE), for its datasets, for a free
+    GPU session (`busy` of `cap` taken, counting the pushes decided here; none at all when `kaggle_full`: Kaggle
+    refused a GPU push as over the account's sessions); else is pushed. `states`: run -> KernelState;
+    `datasets`: own dataset -> Kaggle status (lowercase, 'missing' when it does not exist)."""
     out, queued, failed = {}, {r for c in todo for r in (c.runs or (c.name,))}, set(failed)
     for c in todo:
+        if c.current and not force and not any(n in queued for n in c.needs):
+            out[c.name] = Decision(Action.SKIP, "already pushed with these parameters and sources")
+            continue
         broken = [n for n in c.needs if n in failed or (n not in queued and n in states and states[n].bad)]
         if broken:
             n = broken[0]
             why = "could not be pushed" if n in failed else f"ended in {states[n].value} on Kaggle"
-            out[c.name] = Decision("fail", f"{n} {why}")
+            out[c.name] = Decision(Action.FAIL, f"{n} {why}")
             failed |= {c.name, *c.runs}
             continue
         pending = [n for n in c.needs if n in queued or states.get(n) is not KernelState.COMPLETE]
         if pending:
-            out[c.name] = Decision("wait", f"needs {', '.join(pending)}")
-            continue
-        if c.current and not force:
-            out[c.name] = Decision("skip", "already pushed with these parameters and sources")
+            out[c.name] = Decision(Action.WAIT, f"needs {', '.join(pending)}")
             continue
         verdicts = [v for v in (_dataset_verdict(d, datasets.get(d, "ready")) for d in c.datasets) if v]
-        bad = [v for v in verdicts if v.action == "fail"] or verdicts
+        bad = [v for v in verdicts if v.action is Action.FAIL] or verdicts
         if bad:
             out[c.name] = bad[0]
-            if bad[0].action == "fail":
+            if bad[0].action is Action.FAIL:
                 failed |= {c.name, *c.runs}
             continue
-        if c.gpu and busy >= cap:
-            out[c.name] = Decision("wait", f"GPU sessions busy ({busy} of {cap})")
+        if c.gpu and kaggle_full:
+            out[c.name] = Decision(Action.WAIT, "Kaggle: GPU sessions busy")
             continue
-        out[c.name] = Decision("push")
+        if c.gpu and busy >= cap:
+            out[c.name] = Decision(Action.WAIT, f"GPU sessions busy ({busy} of {cap})")
+            continue
+        out[c.name] = Decision(Action.PUSH)
         busy += c.gpu
     return out
+
+
+def asks_datasets(c: Candidate, todo: list, states: dict) -> bool:
+    """True when `c`'s own datasets are worth asking Kaggle about: every run it reads is COMPLETE already."""
+    queued = {r for k in todo for r in (k.runs or (k.name,))}
+    return not any(n in queued or states.get(n) is not KernelState.COMPLETE for n in c.needs)
 
 
 def running_repushes(names, record: dict) -> list:
