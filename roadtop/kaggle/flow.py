@@ -4,7 +4,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from functools import partial
@@ -226,15 +226,83 @@ def _try_push(api, plan, k: Kernel, st, record, log, sleep) -> PushResult:
         return PushResult(PushOutcome.REFUSED, str(e), str(e).split(": ", 1)[-1], code=e.code)
 
 
+@dataclass
+class _Sweep:
+    """What one push command knows between polls: the plan's kernels, those still to send, the failed ones (name
+    -> why), the live table's notes, polls in a row that Kaggle's session cap refused with none of ours running,
+    and the exit code."""
+
+    kernels: list
+    todo: list
+    failed: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+    refusals: int = 0
+    rc: int = 0
+
+
+def _settle(sw: _Sweep, plan_now: dict, record: dict, log) -> bool:
+    """Take the kernels that `decide` failed or skipped out of sw.todo, saying so; True when there were any."""
+    settled = [k for k in sw.todo if plan_now[k.name].action in (Action.FAIL, Action.SKIP)]
+    for k in sw.todo:
+        d = plan_now[k.name]
+        sw.notes[k.name] = d.why
+        if d.action is Action.FAIL:
+            sw.failed[k.name], sw.rc = d.why, 1
+            log(f"{k.name}: not pushed: {d.why}: {d.fix}")
+        elif d.action is Action.SKIP:
+            log(f"{k.name}: {k.ref} version {record['kernels'][k.name].get('version')} is already pushed "
+                "with these parameters and sources (--force pushes a new version)")
+    sw.todo = [k for k in sw.todo if k not in settled]
+    return bool(settled)
+
+
+def _push_pass(api, plan, sw: _Sweep, st, record, force, user, log, sleep) -> tuple:
+    """One poll's pushes: decide, push the first kernel it says to push, decide again, until none is to push now.
+    (progress, full): something was pushed; Kaggle's session cap refused a GPU push. Stops the command on 401."""
+    datasets, full, progress = {}, False, False
+    while sw.todo:
+        states, cands = run_states(record), [_candidate(k, record, user) for k in sw.todo]
+        for c in cands:
+            if asks_datasets(c, cands, states):
+                for d in c.datasets:
+                    datasets.setdefault(d, _dataset_ready(api, d, st, log, sleep))
+        lost = {r for k in sw.kernels if k.name in sw.failed for r in k.runs}
+        plan_now = decide(cands, states, datasets, _holding(record), st.max_gpu_sessions,
+                          failed=set(sw.failed) | lost, force=force, kaggle_full=full)
+        if _settle(sw, plan_now, record, log):  # what reads them is decided again without them
+            continue
+        k = next((k for k in sw.todo if plan_now[k.name].action is Action.PUSH), None)
+        if k is None:
+            break
+        done = _try_push(api, plan, k, st, record, log, sleep)
+        if done.outcome is PushOutcome.SESSIONS_BUSY:  # fewer sessions than asked now, or others hold them
+            full = True
+            if sw.refusals == 0:
+                log(f"{done.message}: the next GPU kernel goes when one of the {_holding(record)} running here ends")
+            continue
+        sw.todo.remove(k)
+        sw.notes.pop(k.name, None)
+        if done.outcome is PushOutcome.REFUSED:
+            log(done.message)
+            sw.failed[k.name], sw.rc = done.cause, 1
+            if done.code == 401:  # every further call would fail the same way
+                raise _Unauthorized
+            continue
+        progress = True
+    return progress, full
+
+
+class _Unauthorized(Exception):
+    """The credentials were refused: the push command stops (its line is said already)."""
+
+
 def _schedule(api, plan, kernels: list, st, record, force, wait, user, log, sleep, live) -> int:
     """Push `kernels` (needed runs first) keeping at most st.max_gpu_sessions GPU kernels holding a session; a
-    run that reads others goes when they are COMPLETE. Each poll asks Kaggle (states, datasets), then pushes one
-    kernel at a time as roadtop.kaggle.schedule.decide says, deciding again after each push. `wait`: poll until
-    every kernel has ended."""
-    names, todo = [k.name for k in kernels], list(kernels)
-    failed, notes, refusals, rc = {}, {}, 0, 0
+    run that reads others goes when they are COMPLETE. Each poll asks Kaggle the states, then pushes as
+    roadtop.kaggle.schedule.decide says (_push_pass). `wait`: poll until every kernel has ended."""
+    names, sw = [k.name for k in kernels], _Sweep(kernels, list(kernels))
     while True:
-        watch = _watched(record, todo, names)
+        watch = _watched(record, sw.todo, names)
         if watch:
             try:
                 refresh(api, plan, watch, st=st, record=record, log=log, sleep=sleep)
@@ -242,67 +310,28 @@ def _schedule(api, plan, kernels: list, st, record, force, wait, user, log, slee
                 if not wait or e.code == 401:
                     raise
                 log(f"{e}; the next poll tries again")
-        datasets, full, progress = {}, False, False
-        while todo:
-            states, cands = run_states(record), [_candidate(k, record, user) for k in todo]
-            for c in cands:
-                if asks_datasets(c, cands, states):
-                    for d in c.datasets:
-                        datasets.setdefault(d, _dataset_ready(api, d, st, log, sleep))
-            lost = {r for k in kernels if k.name in failed for r in k.runs}
-            plan_now = decide(cands, states, datasets, _holding(record), st.max_gpu_sessions,
-                              failed=set(failed) | lost, force=force, kaggle_full=full)
-            settled = [k for k in todo if plan_now[k.name].action in (Action.FAIL, Action.SKIP)]
-            for k in todo:
-                d = plan_now[k.name]
-                notes[k.name] = d.why
-                if d.action is Action.FAIL:
-                    failed[k.name], rc = d.why, 1
-                    log(f"{k.name}: not pushed: {d.why}: {d.fix}")
-                elif d.action is Action.SKIP:
-                    log(f"{k.name}: {k.ref} version {record['kernels'][k.name].get('version')} is already pushed "
-                        "with these parameters and sources (--force pushes a new version)")
-            if settled:  # what reads them is decided again without them
-                todo = [k for k in todo if k not in settled]
-                continue
-            k = next((k for k in todo if plan_now[k.name].action is Action.PUSH), None)
-            if k is None:
-                break
-            done = _try_push(api, plan, k, st, record, log, sleep)
-            if done.outcome is PushOutcome.SESSIONS_BUSY:  # fewer sessions than asked now, or others hold them
-                full = True
-                if refusals == 0:
-                    log(f"{done.message}: the next GPU kernel goes when one of the {_holding(record)} running here "
-                        "ends")
-                continue
-            todo.remove(k)
-            notes.pop(k.name, None)
-            if done.outcome is PushOutcome.REFUSED:
-                log(done.message)
-                failed[k.name], rc = done.cause, 1
-                if done.code == 401:  # every further call would fail the same way
-                    return rc
-                continue
-            progress = True
-        busy = _holding(record)
-        refusals = refusals + 1 if full and not busy else 0  # none of ours runs: others hold the sessions
-        live.show(*status_table(record, names, notes={k.name: notes.get(k.name, "") for k in todo},
-                                failed=failed, runs_of={k.name: k.runs for k in kernels}))
+        try:
+            progress, full = _push_pass(api, plan, sw, st, record, force, user, log, sleep)
+        except _Unauthorized:
+            return sw.rc
+        sw.refusals = sw.refusals + 1 if full and not _holding(record) else 0  # others hold the sessions
+        live.show(*status_table(record, names, notes={k.name: sw.notes.get(k.name, "") for k in sw.todo},
+                                failed=sw.failed, runs_of={k.name: k.runs for k in kernels}))
         running = [n for n in names if n in record["kernels"] and _kernel_state(record, n).holds_session]
-        if not todo and (not wait or not running):
+        if not sw.todo and (not wait or not running):
             break
         if not wait:
             if progress:
                 continue
-            for k in todo:
-                log(f"{k.name}: waits ({notes.get(k.name, '')}); rerun `pipeline.py kaggle push` later, or "
+            for k in sw.todo:
+                log(f"{k.name}: waits ({sw.notes.get(k.name, '')}); rerun `pipeline.py kaggle push` later, or "
                     "`push --wait` / `kaggle run` to keep going")
             break
-        sleep(min(st.poll_interval * 2 ** max(0, refusals - 1), 1800.0))  # backs off while others hold them
+        sleep(min(st.poll_interval * 2 ** max(0, sw.refusals - 1), 1800.0))  # backs off while others hold them
     runs_now = run_states(record)
     if wait and any(runs_now[r].bad for k in kernels if k.name in record["kernels"] for r in [k.name, *k.runs]):
-        rc = 1
-    return rc
+        sw.rc = 1
+    return sw.rc
 
 
 def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool = False, api=None,
