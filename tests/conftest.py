@@ -17,18 +17,18 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
+def pytest_itemcollected(item):
     """Under pytest-xdist (`make test`: -n auto --dist loadgroup) keep the tests that share a costly fixture on one
-    worker, so it is built once: every test of the demo run in one group, a module's fixture users in another."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        shared = {name: defs[-1].scope for name, defs in (info.name2fixturedefs.items() if info else ())
-                  if defs and defs[-1].scope in ("module", "session") and name != "tiny_data"}
-        if "demo" in shared:
-            item.add_marker(pytest.mark.xdist_group("demo"))
-        elif "module" in shared.values():
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
+    worker, so it is built once: every test of the demo run in one group, a module's fixture users in another.
+    Marked as each test is collected, before any pytest_collection_modifyitems (xdist's reads the marks there).
+    pytest is pinned below 9.2, whose node ids lose these groups (pytest-dev/pytest-xdist#1386)."""
+    info = getattr(item, "_fixtureinfo", None)
+    shared = {name: defs[-1].scope for name, defs in (info.name2fixturedefs.items() if info else ())
+              if defs and defs[-1].scope in ("module", "session") and name != "tiny_data"}
+    if "demo" in shared:
+        item.add_marker(pytest.mark.xdist_group("demo"))
+    elif "module" in shared.values():
+        item.add_marker(pytest.mark.xdist_group(item.path.name))
 
 
 @pytest.fixture(scope="session")
