@@ -146,3 +146,44 @@ def test_a_job_process_that_ends_without_a_record_fails_in_one_line(tmp_path, mo
         _, rec = jp.next()
     assert rec["state"] == "failed"
     assert rec["cause"] == "its process ended with exit code 1 before recording how the job ended"
+
+
+def gone(pid: int) -> bool:
+    """True when process `pid` has ended (a zombie waiting for its parent to reap it counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def test_a_job_process_and_its_kernel_end_with_the_pipeline_that_started_them(tmp_path):
+    """The pipeline killed alone (not its process group), its lock let go: its job must not write on."""
+    import nbformat
+
+    pids = tmp_path / "pids"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        f"import os, time\nopen({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{os.getppid()}}')\ntime.sleep(300)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "sleepy.ipynb")
+    script = (f"from pathlib import Path\nfrom roadtop.dag import procs\nfrom roadtop.dag.render import Job\n"
+              f"job = Job('x', 'train', Path({str(tmp_path / 'sleepy.ipynb')!r}), {{}}, Path({str(tmp_path / 'x')!r}))\n"
+              f"with procs.JobProcs(('0',)) as jp:\n    jp.start(job, 'fp', {{}}, '0')\n    jp.next()\n")
+    pipe = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
+    kernel = job = None
+    try:
+        deadline = time.time() + 120
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert pipe.poll() is None and time.time() < deadline, "the job's kernel never started"
+            time.sleep(0.1)
+        kernel, job = map(int, pids.read_text().split())
+        os.kill(pipe.pid, signal.SIGKILL)  # the pipeline alone
+        pipe.wait()
+        deadline = time.time() + 60
+        while not (gone(job) and gone(kernel)) and time.time() < deadline:
+            time.sleep(0.2)
+        assert gone(job) and gone(kernel)
+        assert not (tmp_path / "x" / "failed.json").exists()  # it ended, writing nothing more
+    finally:
+        for pid in (pipe.pid, job, kernel):
+            if pid and not gone(pid):
+                os.kill(pid, signal.SIGKILL)

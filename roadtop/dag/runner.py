@@ -5,6 +5,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,9 +363,18 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
     return 1 if failed or unpublished else 0
 
 
+def _end_with(parent: int, every_s: float = 1.0):
+    """End this process as soon as its parent is gone (`run` killed however it was, its lock let go): a job of a
+    dead run must not write on beside the next one. Its notebook kernel follows it (ipykernel watches its parent)."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
+
+
 def run_one(spec, result) -> int:
     """A job's own process (`python -m roadtop.dag.runner SPEC RESULT`, started by roadtop.dag.procs.JobProcs): run
-    the job in SPEC with execute_job, write its record to RESULT."""
+    the job in SPEC with execute_job, write its record to RESULT; it ends with the pipeline that started it."""
+    threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True).start()
     job, fp, parts = read_spec(spec)
     state = execute_job(job, fp, parts, progress=False)
     with atomic_write(result) as f:
