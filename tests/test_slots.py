@@ -32,7 +32,7 @@ def test_a_freed_card_goes_to_the_next_job_in_plan_order():
 def test_with_every_card_busy_nothing_starts_and_the_ready_job_waits_for_a_card():
     d = decide(PLAN, settled=set(), running={"a": "0", "b": "1"}, cards=CARDS)
     assert d.start is None
-    assert d.waits["c"] == "waits for a free card (a on 0, b on 1)"
+    assert d.waits["c"] == "waits for a free card (a on card 0, b on card 1)"
 
 
 def test_a_job_waits_for_the_upstream_jobs_running_and_those_not_started():

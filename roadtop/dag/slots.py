@@ -45,8 +45,8 @@ def decide(jobs, settled, running: dict, cards: tuple) -> Decision:
         elif start is None and free:
             start = (j.name, free[0])
         else:
-            waits[j.name] = f"waits for a free card ({', '.join(f'{n} on {c}' for n, c in running.items())})" \
-                if running else "waits for a free card"
+            busy_cards = ", ".join(f"{n} on card {c}" for n, c in running.items())
+            waits[j.name] = f"waits for a free card ({busy_cards})" if running else "waits for a free card"
     return Decision(start, waits)
 
 
