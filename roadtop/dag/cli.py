@@ -1,6 +1,7 @@
 """The local pipeline's command line: run the notebook DAG with papermill, inspect it (`pipeline.py` adds `kaggle`).
 
-    python pipeline.py run [--params params/demo.yaml] [--force] [--only JOB ...] [--allow-partial] [--gpus 0,1|auto]
+    python pipeline.py run [--params params/demo.yaml] [--force] [--only JOB ...] [--allow-partial]
+        [--gpus 0,1|auto]                            up to one job per card at once (default: one at a time)
     python pipeline.py validate [--params FILE]      check a plan without running anything
     python pipeline.py status [--params FILE] [--allow-partial] [--skip-bad]
         each job: complete / stale (what changed) / failed (cause) / pending, as `run` would see it
