@@ -58,3 +58,17 @@ def test_pipeline_checks_the_kaggle_section_before_anything(tmp_path, capsys):
         assert pipeline.main(["validate", "--params", str(f)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and said in err[0], err
+
+
+def test_a_bad_gpus_value_is_one_line_exit_2_and_nothing_written(tmp_path, tiny_data, capsys, monkeypatch):
+    plan = tiny_plan(tmp_path, tiny_data)
+    monkeypatch.setattr(cli.torch.cuda, "device_count", lambda: 0)  # this machine: no CUDA
+    for gpus, said in (("0,x", "--gpus 0,x: 'x' is not a card number"),
+                       ("auto", "--gpus auto: no GPU is visible")):
+        assert cli.main(["run", "--params", str(plan), "--gpus", gpus]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {said}") and err.count("\n") == 1
+    monkeypatch.setattr(cli.torch.cuda, "device_count", lambda: 1)  # CUDA with one card
+    assert cli.main(["run", "--params", str(plan), "--gpus", "0,1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --gpus 0,1: card 1 is not visible (torch sees 1: 0..0)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml"]  # no out folder, no lock

@@ -3,7 +3,9 @@
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +22,15 @@ from .checks import cached_check, check_runs_dirs, raise_problems, walk_problems
 from .datafiles import scan
 from .fingerprint import data_fingerprint, fingerprint, job_parts
 from .plan import resolve_plan_data
+from .procs import Inline, JobProcs, read_spec
 from .records import FAILED, MANIFEST, State, cause, job_state, record_failure
 from .render import thaw, with_data
 from .report import write_report
+from .slots import ONE_SLOT, decide
 from .stages import stage
 
 __all__ = ["AUTOSAVE_S", "CHECKS", "Step", "check_out_dir", "execute_job", "csv_columns", "check_data", "prepare_data",
-           "ensemble_members", "job_step", "walk", "run_plan"]
+           "ensemble_members", "job_step", "walk", "run_plan", "run_one"]
 
 AUTOSAVE_S = 2  # papermill saves the executed notebook this often while a cell runs: watch a training cell's epochs
 CHECKS = "checks"  # under the plan's out_dir: the data-check results and the per-file hash cache
@@ -62,12 +66,13 @@ class _Kernel(AsyncKernelManager):
             await super()._async_interrupt_kernel()
 
 
-def execute_job(job, fp: str, parts: dict, log=print) -> dict:
+def execute_job(job, fp: str, parts: dict, log=print, progress: bool = True) -> dict:
     """Run one notebook with papermill into its out_dir; manifest.json (written last) marks it complete.
 
     papermill saves the executed notebook as <stage>.running.ipynb while it runs (every AUTOSAVE_S seconds); it is
     renamed to <stage>.ipynb when the notebook ends (with its error cell if one failed). When writing fails (a full
     disk, a folder gone read-only) the half-written copy is removed: the last good <stage>.ipynb stays.
+    `progress`: papermill's progress bar (off when jobs run side by side: their bars would mix).
     """
     out = job.out_dir
     executed, running = out / f"{job.stage}.ipynb", out / f"{job.stage}.running.ipynb"
@@ -82,7 +87,7 @@ def execute_job(job, fp: str, parts: dict, log=print) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="roadtop-kernel-") as sockets:
             pm.execute_notebook(str(job.notebook), str(running), parameters=thaw(job.params), cwd=str(job.notebook.parent),
-                                kernel_name="python3", progress_bar=True, log_output=False,
+                                kernel_name="python3", progress_bar=progress, log_output=False,
                                 autosave_cell_every=AUTOSAVE_S, config=_kernel_config(sockets),
                                 kernel_manager_class=_Kernel)
     except OSError as e:  # papermill could not save the notebook: what it left is half-written
@@ -233,7 +238,8 @@ def job_step(plan, job, data_fp: str, states: dict, fps: dict, allow_partial: bo
 
 
 def walk(plan, data_fp: str, outcomes=None, allow_partial: bool = False, projected: bool = False):
-    """Each job in order as a Step, with the fingerprint `run` gives it; `run` and `status` both go through here.
+    """Each job in order as a Step, with the fingerprint `run` gives it: what `status` shows (`run` steps each job
+    with job_step too, from the same states, as the jobs it needs settle).
 
     `outcomes` (name -> record) are the caller's: what became of the jobs it ran between two steps, which the
     ensemble's members are picked from. walk only reads it. A run whose saved predictions the ensemble cannot
@@ -250,53 +256,96 @@ def walk(plan, data_fp: str, outcomes=None, allow_partial: bool = False, project
         yield step
 
 
-def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, log=print) -> int:
-    """Run the plan's jobs in order; returns the exit code (non-zero if any job failed)."""
+def _step_says_run(step, tag: str, mine: bool, force: bool, outcomes: dict, log) -> bool:
+    """True when `step` is to run now; otherwise say why not (failed before starting, waits, up to date, not in
+    --only), recording a job that cannot start as failed in `outcomes`."""
+    job = step.job
+    if step.state is State.CANNOT_START:
+        outcomes[job.name] = record_failure(job, step.detail)
+        log(f"{tag}: FAILED before starting: {step.detail}")
+        return False
+    for d, why in step.bad.items() if mine else ():
+        log(f"{tag}: run {d} cannot be ensembled: {why}")
+    if step.state is State.WAITS:
+        if mine:
+            log(f"{tag}: skipped, {step.detail}")
+        return False
+    if step.note and mine:
+        log(f"{tag}: {step.note}")
+    if step.state is State.COMPLETE and not (force and mine):
+        log(f"{tag}: up to date, skipped ({job.out_dir})")
+        return False
+    if not mine:
+        log(f"{tag}: not in --only, left {step.state}")
+        return False
+    return True
+
+
+def _ended(plan, job, state: dict, tag: str, on: str, log) -> list:
+    """Say how a job that ran ended; publish a complete one's files. Returns the names that could not be published."""
+    unpublished = []
+    if state["state"] == State.COMPLETE:
+        log(f"{tag}: done in {state['seconds']:.1f}s{on}")
+        for name in stage(job.stage).publishes:
+            try:
+                _publish(job.out_dir / name, plan.out_dir / name)
+            except OSError as e:  # the job's own copy is complete; the top-level one is as it was
+                unpublished.append(name)
+                log(f"{tag}: {name} not copied to {plan.out_dir}: {cause(e)}")
+    else:
+        seen_nb = job.out_dir / state["notebook"]
+        unrecorded = f" (failed.json not written: {state['unrecorded']})" if state.get("unrecorded") else ""
+        log(f"{tag}: FAILED after {state['seconds']:.1f}s{on}: {state['cause']}"
+            f"{f' (see {seen_nb})' if seen_nb.exists() else ''}{unrecorded}")
+    return unpublished
+
+
+def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, log=print, cards=ONE_SLOT) -> int:
+    """Run the plan's jobs; returns the exit code (non-zero if any job failed).
+
+    `cards` (roadtop.dag.slots.parse_gpus): one slot each. ONE_SLOT (the default) runs one job at a time in this
+    process, in plan order; more run up to one job per card at once, each in its own process that sees only its
+    card. Either way roadtop.dag.slots.decide picks the next job that may start (its upstream jobs settled) and
+    job_step says whether it has to run.
+    """
     t_start = time.time()
     check_out_dir(plan.out_dir)
     picked = {j.name for j in plan.select(only)}
     plan, data, data_fp = prepare_data(plan, skip_bad, check=True, log=log)
-    log(f"plan {plan.name} ({plan.source}): {len(plan.jobs)} jobs, data {data}, outputs {plan.out_dir}")
-    seen, outcomes, marked, unpublished = {}, {}, {}, []  # as walked; what became of the jobs run; bad runs
+    side = "" if cards == ONE_SLOT else f", up to {len(cards)} at once on cards {','.join(cards)}"
+    log(f"plan {plan.name} ({plan.source}): {len(plan.jobs)} jobs, data {data}, outputs {plan.out_dir}{side}")
+    seen, outcomes, marked, fps, unpublished = {}, {}, {}, {}, []  # as stepped; what became of the jobs run; bad runs
+    running, said = {}, {}  # name -> card of the jobs running now; the jobs whose wait was said
     n = len(plan.jobs)
     tags = {j.name: f"[{k}/{n}] {j.name}" for k, j in enumerate(plan.jobs, 1)}
-    for step in walk(plan, data_fp, outcomes, allow_partial):
-        job, tag, mine = step.job, tags[step.job.name], step.job.name in picked
-        seen[job.name] = step.record
-        marked.update(step.marks)
-        if step.state is State.CANNOT_START:
-            outcomes[job.name] = record_failure(job, step.detail)
-            log(f"{tag}: FAILED before starting: {step.detail}")
-            continue
-        for d, why in step.bad.items() if mine else ():
-            log(f"{tag}: run {d} cannot be ensembled: {why}")
-        if step.state is State.WAITS:
-            if mine:
-                log(f"{tag}: skipped, {step.detail}")
-            continue
-        if step.note and mine:
-            log(f"{tag}: {step.note}")
-        if step.state is State.COMPLETE and not (force and mine):
-            log(f"{tag}: up to date, skipped ({job.out_dir})")
-            continue
-        if not mine:
-            log(f"{tag}: not in --only, left {step.state}")
-            continue
-        log(f"{tag}: running {job.notebook.name} -> {job.out_dir} (elapsed {time.time() - t_start:.0f}s)")
-        state = outcomes[job.name] = execute_job(job, step.fp, step.parts, log)
-        if state["state"] == State.COMPLETE:
-            log(f"{tag}: done in {state['seconds']:.1f}s")
-            for name in stage(job.stage).publishes:
-                try:
-                    _publish(job.out_dir / name, plan.out_dir / name)
-                except OSError as e:  # the job's own copy is complete; the top-level one is as it was
-                    unpublished.append(name)
-                    log(f"{tag}: {name} not copied to {plan.out_dir}: {cause(e)}")
-        else:
-            seen_nb = job.out_dir / state["notebook"]
-            unrecorded = f" (failed.json not written: {state['unrecorded']})" if state.get("unrecorded") else ""
-            log(f"{tag}: FAILED after {state['seconds']:.1f}s: {state['cause']}"
-                f"{f' (see {seen_nb})' if seen_nb.exists() else ''}{unrecorded}")
+    on = {c: "" if c is None else f" on card {c}" for c in cards}
+    launcher = Inline(execute_job) if cards == ONE_SLOT else JobProcs(cards)
+    with launcher:
+        while True:
+            d = decide(plan.jobs, {m for m in seen if m not in running}, running, cards)
+            for name, why in d.waits.items() if cards != ONE_SLOT and not d.start else ():
+                if name not in said:  # once, when it first waits for a job to end
+                    said[name] = why
+                    log(f"{tags[name]}: {why}")
+            if d.start:
+                name, card = d.start
+                job = plan.job(name)
+                step = job_step(plan, job, data_fp, {**seen, **outcomes, **marked}, fps, allow_partial)
+                seen[name] = step.record
+                marked.update(step.marks)
+                if step.fp:
+                    fps[name] = step.fp
+                if _step_says_run(step, tags[name], name in picked, force, outcomes, log):
+                    log(f"{tags[name]}: running {step.job.notebook.name} -> {step.job.out_dir}{on[card]} "
+                        f"(elapsed {time.time() - t_start:.0f}s)")
+                    running[name] = card
+                    launcher.start(step.job, step.fp, step.parts, card)
+                continue
+            if not running:
+                break
+            name, state = launcher.next()
+            outcomes[name] = state
+            unpublished += _ended(plan, plan.job(name), state, tags[name], on[running.pop(name)], log)
     states = {**seen, **outcomes, **marked}
     failed = [n for n, s in states.items() if s["state"] == "failed"]
     log(f"finished in {time.time() - t_start:.0f}s: {sum(s['state'] == 'complete' for s in states.values())} "
@@ -313,3 +362,26 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
         log("to resume: fix the cause above (e.g. free disk space), then run the same command again: complete "
             "jobs are skipped, only what is missing runs")
     return 1 if failed or unpublished else 0
+
+
+def _end_with(parent: int, every_s: float = 1.0):
+    """End this process as soon as its parent is gone (`run` killed however it was, its lock let go): a job of a
+    dead run must not write on beside the next one. Its notebook kernel follows it (ipykernel watches its parent)."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
+
+
+def run_one(spec, result) -> int:
+    """A job's own process (`python -m roadtop.dag.runner SPEC RESULT`, started by roadtop.dag.procs.JobProcs): run
+    the job in SPEC with execute_job, write its record to RESULT; it ends with the pipeline that started it."""
+    threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True).start()
+    job, fp, parts = read_spec(spec)
+    state = execute_job(job, fp, parts, progress=False)
+    with atomic_write(result) as f:
+        json.dump(state, f, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_one(*sys.argv[1:]))

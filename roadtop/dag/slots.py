@@ -1,0 +1,93 @@
+"""Which jobs start now, and on which card: `run --gpus` as data in, a decision out, no processes and no I/O.
+
+A run of the plan holds one slot per card it was given (`--gpus 0,1`: two; no `--gpus`: one slot, the card the
+process already sees). A job starts when its upstream jobs are settled (ran, were skipped, or failed) and a slot is
+free; until then it waits, and `decide` says what for. Whether a job that may start has to run at all (up to date,
+not in --only, an ensemble short of members) is the runner's `job_step`, as in a sequential run.
+"""
+
+from dataclasses import dataclass, field
+
+from ..errors import RoadtopError
+
+__all__ = ["ONE_SLOT", "Decision", "decide", "parse_gpus", "job_env"]
+
+ONE_SLOT = (None,)  # no --gpus: one job at a time, in this process, on whatever card it sees
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do now: `start` the first job that may start on the card it gets (or None), and why each other
+    unsettled job waits ({name: why}). Nothing to start and nothing running: the plan is done."""
+
+    start: tuple = None  # (job name, card)
+    waits: dict = field(default_factory=dict)
+
+
+def decide(jobs, settled, running: dict, cards: tuple) -> Decision:
+    """The next job to start, in plan order, and why the others wait.
+
+    `jobs`: the plan's jobs in order (each with .name and .needs); `settled`: the names that ran, were skipped or
+    failed; `running`: name -> card of the jobs running now; `cards`: every card of this run, one slot each. A job
+    may start once each job it needs is settled; it gets the first free card, in the order the cards were given.
+    """
+    free = [c for c in cards if c not in running.values()]
+    start, waits = None, {}
+    for j in jobs:
+        if j.name in settled or j.name in running:
+            continue
+        busy = [n for n in j.needs if n in running]
+        later = [n for n in j.needs if n not in settled and n not in running]
+        if busy or later:
+            waits[j.name] = "waits for " + "; ".join(
+                s for s in (f"{', '.join(busy)} (running)" if busy else "",
+                            f"{', '.join(later)} (not started)" if later else "") if s)
+        elif start is None and free:
+            start = (j.name, free[0])
+        else:
+            busy_cards = ", ".join(f"{n} on card {c}" for n, c in running.items())
+            waits[j.name] = f"waits for a free card ({busy_cards})" if running else "waits for a free card"
+    return Decision(start, waits)
+
+
+def parse_gpus(value, visible=None, cuda_visible=None) -> tuple:
+    """`--gpus` as the cards to run on: None -> ONE_SLOT; '0,1' -> ('0', '1'); 'auto' -> every visible card.
+
+    `visible`: how many cards torch sees (torch.cuda.device_count()); 0 = no CUDA, then the numbers are slots only,
+    each job's process still told its card. `cuda_visible`: this process's CUDA_VISIBLE_DEVICES, if set: card k is
+    then its k-th entry, so a job sees the card this process calls k. Anything else is one line.
+    """
+    if value is None:
+        return ONE_SLOT
+    if value == "auto":
+        if not visible:
+            raise RoadtopError("--gpus auto: no GPU is visible (torch.cuda.device_count() is 0): list the cards "
+                               "(e.g. --gpus 0,1), or leave --gpus out to run one job at a time")
+        picked = list(range(visible))
+    else:
+        parts = [p.strip() for p in str(value).split(",")]
+        bad = [p for p in parts if not p.isdigit()]
+        if bad:
+            raise RoadtopError(f"--gpus {value}: {', '.join(repr(p) for p in bad)} is not a card number: use "
+                               f"numbers such as --gpus 0,1, or --gpus auto")
+        picked = [int(p) for p in parts]
+        if len(set(picked)) != len(picked):
+            raise RoadtopError(f"--gpus {value}: a card is listed twice: list each card once (one job per card)")
+        missing = [k for k in picked if visible and k >= visible]
+        if missing:
+            raise RoadtopError(f"--gpus {value}: card {', '.join(map(str, missing))} is not visible (torch sees "
+                               f"{visible}: 0..{visible - 1}): list visible cards, or --gpus auto")
+    seen = [c.strip() for c in cuda_visible.split(",")] if cuda_visible else None
+    if seen is not None and visible and len(seen) >= visible:
+        return tuple(seen[k] for k in picked)
+    return tuple(str(k) for k in picked)
+
+
+def job_env(env: dict, card, cards: tuple, cpus: int) -> dict:
+    """The environment of a job on `card` when `cards` run at once: it sees only its card (CUDA_VISIBLE_DEVICES), and
+    gets its share of this run's CPU threads (OMP_NUM_THREADS if set, else `cpus`), which the notebooks' DataLoader
+    workers follow too (roadtop.train.num_workers). One slot, no card: the environment as it is."""
+    if card is None:
+        return dict(env)
+    threads = int(env.get("OMP_NUM_THREADS") or 0) or cpus
+    return {**env, "CUDA_VISIBLE_DEVICES": str(card), "OMP_NUM_THREADS": str(max(1, threads // len(cards)))}
