@@ -3,12 +3,22 @@
 import math
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["elapsed", "hms", "utc_now"]
+__all__ = ["elapsed", "hms", "utc_clock", "utc_now", "utc_text"]
 
 
 def utc_now() -> str:
     """The time now, in UTC, as ISO 8601 to the second (2026-12-01T22:10:05+00:00)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def utc_clock() -> str:
+    """The time of day now, in UTC, to the second, as a live table's heading says it ('22:10:05 UTC')."""
+    return f"{datetime.now(timezone.utc):%H:%M:%S} UTC"
+
+
+def utc_text(when, missing: str = "unknown") -> str:
+    """An aware datetime as 'YYYY-MM-DD HH:MM UTC' (converted to UTC first); `missing` for None."""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if when else missing
 
 
 def hms(seconds, missing: str = "") -> str:

@@ -314,11 +314,16 @@ def test_push_without_wait_fills_the_free_sessions_and_says_who_waits(fake, tmp_
 
 # ---- `pipeline.py plan`: weekly GPU quota and the fan-out's wall clock ------------------------------------------
 def _probed(plan, s_per_img):
-    """A probe.json for `plan`: every run fits at accum 2 and trains at `s_per_img` seconds an image."""
+    """A probe.json for `plan`: every run fits at accum 2 and trains at `s_per_img` seconds an image (a number, or
+    probe run name -> seconds, 0.1 for the others)."""
     pj = plan.job("probe")
-    trials = [{"accum": a, "bs": 64 // a, "status": "ok", "peak_reserved_gb": 10.0, "peak_allocated_gb": None,
-               "s_per_img": s_per_img, "s_per_img_infer": None, "seconds": 1.0, "error": ""} for a in (1, 2)]
-    runs = {n: {"spec": spec, "trials": trials, "accum": 1, "reason": ""} for n, spec in pj.params["runs"].items()}
+    speed = s_per_img if isinstance(s_per_img, dict) else {}
+
+    def trials(n):
+        return [{"accum": a, "bs": 64 // a, "status": "ok", "peak_reserved_gb": 10.0, "peak_allocated_gb": None,
+                 "s_per_img": speed.get(n, 0.1) if speed else s_per_img, "s_per_img_infer": None, "seconds": 1.0,
+                 "error": ""} for a in (1, 2)]
+    runs = {n: {"spec": spec, "trials": trials(n), "accum": 1, "reason": ""} for n, spec in pj.params["runs"].items()}
     res = probe.probe_result(runs, {"device": "Tesla T4", "gpu_measured": True},
                              {"n_train": 9367, "n_holdout": 1040, "n_test": 3469},
                              {k: pj.params[k] for k in ("gpu_budget_gb", "margin_gb", "time_budget_h")}, 60.0)
@@ -545,11 +550,16 @@ def _pack_outputs(fail=None):
     return outputs
 
 
+# the probe's seconds an image per run of the real plan: every run another speed, so only the estimates can pair them
+SPEEDS = {"convnext_res_224": 0.11, "convnext_res_320x224": 0.15, "vit_squish_224": 0.12, "vit_res_224": 0.17,
+          "swinv2_squish_192": 0.09, "swinv2_res_192": 0.18, "swin_squish_224": 0.14, "swin_res_224": 0.10}
+
+
 def test_the_real_plan_runs_in_packs_of_two_under_two_sessions_then_the_ensemble_and_submission(fake, tmp_path):
     """9 GPU jobs, 2 sessions of 2 T4s: 5 GPU kernels (longest with longest), never more than 2 sessions, every
     run COMPLETE and collected into its own folder, then the ensemble and the submission."""
     plan = _real_plan(tmp_path, packs=True)
-    _probed(plan, 0.1)
+    _probed(plan, SPEEDS)
     fake.use_clock(run_s=3600, queue_s=60)
     fake.outputs_of = _pack_outputs()
     out, lines = io.StringIO(), []
@@ -560,6 +570,11 @@ def test_the_real_plan_runs_in_packs_of_two_under_two_sessions_then_the_ensemble
     packed = [[r["run"] for r in _pack_runs_of(s)] for s in gpu]
     trains = [j.name for j in plan.jobs if j.stage in ("train", "multitarget")]
     assert sorted(r for p in packed for r in p) == sorted(trains) and [len(p) for p in packed] == [2, 2, 2, 2, 1]
+    # longest with longest, by the probe's estimates: the pairs follow the speeds, not the plan's order
+    assert [set(p) for p in packed[:4]] == [{"train/swinv2_res_192", "train/vit_res_224"},
+                                            {"train/convnext_res_320x224", "train/swin_squish_224"},
+                                            {"train/vit_squish_224", "train/convnext_res_224"},
+                                            {"train/swin_res_224", "train/swinv2_squish_192"}]
     assert packed[-1] == ["multitarget"]  # the shortest run (5 epochs at 128 px) goes alone, last
     for s in gpu:  # each run's notebook is the one it would be alone: its outputs under /kaggle/working/<run>
         for r in _pack_runs_of(s):
@@ -607,3 +622,37 @@ def test_one_failed_run_of_a_pack_fails_alone(fake, tmp_path):
     assert mate_row.endswith("complete")
 
 
+
+
+def test_pushing_one_run_of_a_pack_again_sends_its_whole_pack_and_leaves_the_other_packs_as_they_were(fake, tmp_path):
+    """`push --only train/x --force` after a sweep: the packs are the plan's, whatever --only picks, so the run's own
+    pack goes again (its pack-mate with it, said so), under its name; no other pack's record changes."""
+    plan = _real_plan(tmp_path, packs=True)
+    _probed(plan, SPEEDS)
+    fake.use_clock(run_s=3600, queue_s=60)
+    fake.outputs_of = _pack_outputs()
+    assert flow.push(plan, wait=True, log=lambda s: None, sleep=Sleeps(), out=io.StringIO()) == 0
+    before = record.load_record(plan)["kernels"]
+    home = next(n for n, r in before.items() if "train/swin_res_224" in (r.get("runs") or []))
+    mate = next(r for r in before[home]["runs"] if r != "train/swin_res_224")
+    lines = []
+    assert flow.push(plan, runs=["train/swin_res_224"], force=True, wait=True, log=lines.append, sleep=Sleeps(),
+                     out=io.StringIO()) == 0
+    after = record.load_record(plan)["kernels"]
+    assert {n: r.get("runs") for n, r in after.items()} == {n: r.get("runs") for n, r in before.items()}
+    assert after[home]["version"] == before[home]["version"] + 1
+    assert all(after[n] == before[n] for n in before if n != home)  # the other packs and the ensemble untouched
+    assert f"{home}: {mate} goes again with train/swin_res_224, its pack-mate (one kernel trains both)" in lines
+
+
+def test_a_pack_longer_than_one_session_is_refused_before_any_push_unless_overridden(fake, tmp_path):
+    plan = _real_plan(tmp_path, packs=True)
+    _probed(plan, {**SPEEDS, "swinv2_res_192": 2.0})  # about 19 h at 2 s an image: Kaggle stops a session at 12
+    with pytest.raises(RoadtopError, match=r"^kaggle push refused: pack1 needs est\. \d+\.\d\d h, more than one "
+                                           r"12 h session \(kaggle\.session_hours\); give that run fewer epochs"):
+        flow.push(plan, log=lambda s: None, sleep=Sleeps(), out=io.StringIO())
+    assert fake.calls("SaveKernel") == []
+    lines = []
+    flow.push(plan, override=True, log=lines.append, sleep=Sleeps(), out=io.StringIO())
+    assert any(ln.startswith("kaggle: pack1 needs est.") and ln.endswith("going on (--override)") for ln in lines)
+    assert fake.calls("SaveKernel")

@@ -43,7 +43,7 @@ def test_report_is_linked_from_the_run_and_holds_every_part(report):
     sections = {s["id"]: s for s in soup.find_all("section", class_="notebook")}
     for job in plan.jobs:  # every job's executed notebook, its cells' source included
         sec = sections[f"nb-{job.name.replace('/', '-')}"]
-        assert sec.h2.text == job.name and "parameters" in sec.text
+        assert sec.h2.text == job.name and "# Parameters" in sec.text  # papermill's injected cell, as executed
 
 
 def test_every_image_is_embedded_and_decodes(report):

@@ -152,3 +152,23 @@ def test_the_run_spec_comparison_is_public_and_in_one_place():
 ])
 def test_each_check_catches_a_planted_second_definition(check, code, caught):
     assert caught not in check(TREE) and caught in check(_planted(code))
+
+
+CLOCK_CALLS = {"now", "utcnow", "today", "localtime", "gmtime", "ctime", "asctime", "strftime", "fromtimestamp"}
+
+
+def clock_readers(tree) -> set:
+    """Functions outside roadtop/clock.py that read the wall clock or format a time themselves."""
+    return {(m, n) for m, n, fn in _functions(tree) if m != "roadtop/clock.py"
+            and any(isinstance(c, ast.Call) and _name(c.func) in CLOCK_CALLS for c in ast.walk(fn))}
+
+
+def test_timestamps_are_made_in_roadtop_clock_only():
+    """Every timestamp is clock.utc_now / utc_clock / utc_text (UTC): no module reads the clock or formats a time."""
+    assert clock_readers(TREE) == set()
+    planted = _planted("""
+        from datetime import datetime
+        def finished():
+            return datetime.now().isoformat()
+        """)
+    assert clock_readers(planted) == {("roadtop/dag/planted.py", "finished")}

@@ -18,6 +18,7 @@ with redirect_stdout(io.StringIO()):  # `import kaggle` logs in at once and prin
 from kagglesdk import get_access_token_from_env
 from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 
+from ..clock import utc_text
 from ..errors import RoadtopError
 from .settings import KaggleSettings
 
@@ -155,7 +156,7 @@ class Quota:
 
     def refresh_text(self) -> str:
         """When the quota refreshes, as 'YYYY-MM-DD HH:MM UTC' (or 'unknown')."""
-        return self.refresh.strftime("%Y-%m-%d %H:%M UTC") if self.refresh else "unknown"
+        return utc_text(self.refresh)
 
 
 def gpu_quota(api, st=None, log=print, sleep=time.sleep) -> Quota | None:

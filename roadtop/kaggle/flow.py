@@ -5,7 +5,6 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from enum import Enum
 from functools import partial
 from pathlib import Path
@@ -17,10 +16,10 @@ from ..dag.plan import pick
 from ..dag.records import cause
 from ..dag.report import write_report
 from ..dag.stages import stage
-from ..clock import elapsed, utc_now
+from ..clock import elapsed, utc_clock, utc_now
 from ..errors import RoadtopError
 from ..paths import KAGGLE_WORKING, atomic_write
-from .budget import gpu_seconds, quota_problem
+from .budget import gpu_seconds, quota_problem, session_problems
 from .client import KaggleCallError, gpu_quota, kernel_image, api_username, call_kaggle, connect, kernel_version, owner_username
 from .kernels import (Kernel, build_kernels, gpu_kernel, kaggle_out, kernel_fingerprint, kernel_of, recorded_fingerprint,
                       select_jobs, source_versions)
@@ -357,8 +356,9 @@ def push(plan, runs=None, force: bool = False, wait: bool = False, dry_run: bool
     user = st.username or api_username(api)
     kernels = build_kernels(plan, jobs, user, st, record, log=log, seconds=gpu_seconds(plan))
     _refuse_running_repush(api, plan, kernels, st, record, force, force_running, log, sleep)
-    _check_quota(api, plan, [k for k in kernels if gpu_kernel(k) and (force or not _up_to_date(k, record))], st,
-                 override, log, sleep)
+    sending = [k for k in kernels if gpu_kernel(k) and (force or not _up_to_date(k, record))]
+    _check_sessions(plan, sending, st, override, log)
+    _check_quota(api, plan, sending, st, override, log, sleep)
     packs = (f", each training up to {st.gpus_per_session} runs at once, one per GPU (gpus_per_session)"
              if st.gpus_per_session > 1 else "")
     log(f"kaggle: internet {'on' if online else 'off'} ({why}); at most {st.max_gpu_sessions} GPU kernels at once"
@@ -383,6 +383,17 @@ def _refuse_running_repush(api, plan, kernels, st, record, force, force_running,
                                "until it ends (pipeline.py kaggle status), or push with --force-running")
         log(f"{n}: --force-running: pushing a new version while v{rec['version']} is {rec['status']}: Kaggle "
             "bills both sessions until that one ends")
+
+
+def _check_sessions(plan, kernels: list, st, override: bool, log):
+    """Refuse (one line) to push a GPU kernel whose estimated time passes one Kaggle session (kaggle.session_hours):
+    Kaggle would stop it there with its hours spent; `override` goes ahead."""
+    problems = session_problems({k.name: k.runs for k in kernels}, gpu_seconds(plan), st.session_hours)
+    if problems and not override:
+        raise RoadtopError(f"kaggle push refused: {problems[0]}{f' (and {len(problems) - 1} more)' if problems[1:] else ''}"
+                           "; give that run fewer epochs or a smaller size, or --override")
+    for p in problems:
+        log(f"kaggle: {p}; going on (--override)")
 
 
 def _check_quota(api, plan, kernels: list, st, override: bool, log, sleep):
@@ -550,7 +561,7 @@ class _Live:
                 self.out.write(f"\x1b[{len(self.lines)}F\x1b[J")  # cursor up over the old table, clear
             self.out.write("\n".join(lines) + "\n")
         elif key is None or key != self.key:
-            self.out.write(f"[{datetime.now(timezone.utc):%H:%M:%S} UTC]\n" + "\n".join(lines) + "\n")
+            self.out.write(f"[{utc_clock()}]\n" + "\n".join(lines) + "\n")
         self.out.flush()
         self.lines, self.key = lines, key
 

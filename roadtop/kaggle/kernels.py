@@ -337,16 +337,32 @@ def kernel_metadata(jobs, st: KaggleSettings, ref: str, slug: str, kernel_source
     return meta
 
 
-def _groups(plan, jobs: list, st, seconds: dict) -> list:
+def _packed(j, st) -> bool:
+    """True for a job that goes in a GPU pack: a GPU training run (not predict)."""
+    return st.enable_gpu and stage(j.stage).gpu and stage(j.stage).trains
+
+
+def _groups(plan, jobs: list, st, seconds: dict, log=print) -> list:
     """(kernel name, jobs) in push order: each GPU run in a pack of up to kaggle.gpus_per_session runs (probe
-    estimates `seconds`: longest with longest), named pack1, pack2...; every other job a kernel of its own."""
+    estimates `seconds`: longest with longest), named pack1, pack2...; every other job a kernel of its own.
+    The packs are made over every GPU run the plan sends, whatever `jobs` picks, so a pack keeps its name and its
+    runs when one of them is pushed again: the picked run's pack-mates run again with it (said so)."""
     ordered = _ordered(jobs)
-    gpu = [j for j in ordered if st.enable_gpu and stage(j.stage).gpu and stage(j.stage).trains]  # not predict
+    gpu = [j for j in ordered if _packed(j, st)]
     if st.gpus_per_session <= 1 or not gpu:
         return [(j.name, [j]) for j in ordered]
-    packs, _ = pack_runs({j.name: seconds.get(j.name) for j in gpu}, st.gpus_per_session, st.session_hours * 3600)
-    by = {j.name: j for j in gpu}
-    out = [(f"pack{i + 1}", [by[n] for n in p]) for i, p in enumerate(packs)]
+    every = list({j.name: j for j in [*_ordered([j for j in plan.jobs if j.stage in st.stages]), *gpu]
+                  if _packed(j, st)}.values())
+    packs, _ = pack_runs({j.name: seconds.get(j.name) for j in every}, st.gpus_per_session, st.session_hours * 3600)
+    by, picked = {j.name: j for j in every}, {j.name for j in gpu}
+    out = []
+    for i, p in enumerate(packs):
+        if picked & set(p):
+            mates = [n for n in p if n not in picked]
+            if mates:
+                log(f"pack{i + 1}: {', '.join(mates)} goes again with {', '.join(n for n in p if n in picked)}, "
+                    "its pack-mate (one kernel trains both)")
+            out.append((f"pack{i + 1}", [by[n] for n in p]))
     return out + [(j.name, [j]) for j in ordered if j.name not in by]
 
 
@@ -356,7 +372,7 @@ def build_kernels(plan, jobs: list, username: str, st=None, record=None, write=T
     in packs of kaggle.gpus_per_session (`seconds`: the probe's estimates, run -> seconds)."""
     st = st or settings(plan)
     record = record if record is not None else load_record(plan)
-    groups = _groups(plan, jobs, st, seconds or {})
+    groups = _groups(plan, jobs, st, seconds or {}, log)
     slug_of = {}  # run -> slug of the kernel that carries it
     for n, rec in record.get("kernels", {}).items():
         for run in rec.get("runs") or [n]:
