@@ -80,3 +80,7 @@ def test_gpus_per_session_follows_the_accelerator_unless_set(tmp_path):
     assert st(accelerator="NvidiaL4").gpus_per_session == 1 and st(gpus_per_session=1).gpus_per_session == 1
     with pytest.raises(RoadtopError, match="gpus_per_session=-1 should be 0"):
         st(gpus_per_session=-1)
+    with pytest.raises(RoadtopError, match=r"gpus_per_session=4 is more than the 2 GPUs a NvidiaTeslaT4 session has: "
+                                           r"set 0 \(the accelerator's\) or at most 2$"):
+        st(gpus_per_session=4)
+    assert st(accelerator="NvidiaL4", gpus_per_session=4).gpus_per_session == 4  # a shape we know no count of

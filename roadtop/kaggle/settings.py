@@ -93,7 +93,11 @@ def settings(plan) -> KaggleSettings:
                            "kaggle.accelerator: NvidiaTeslaT4 (or another current machine shape)")
     if st.gpus_per_session < 0:
         raise RoadtopError(f"{where}.gpus_per_session={st.gpus_per_session} should be 0 (the accelerator's) or more")
-    st.gpus_per_session = st.gpus_per_session or GPUS_OF_SHAPE.get(st.accelerator.strip().lower(), 1)
+    has = GPUS_OF_SHAPE.get(st.accelerator.strip().lower())
+    if has and st.gpus_per_session > has:  # a pack's run on a card the session lacks would fail at once
+        raise RoadtopError(f"{where}.gpus_per_session={st.gpus_per_session} is more than the {has} GPUs a "
+                           f"{st.accelerator} session has: set 0 (the accelerator's) or at most {has}")
+    st.gpus_per_session = st.gpus_per_session or has or 1
     if st.max_gpu_sessions < 1:
         raise RoadtopError(f"{where}.max_gpu_sessions={st.max_gpu_sessions} should be 1 or more")
     return st
