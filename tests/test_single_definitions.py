@@ -1,6 +1,8 @@
 """Facts declared once, checked over roadtop/'s source: the `accum: auto` resolution, the probe.json lookup, the
 parameters the pipeline sets and the run-spec comparison each have one home. Each check is a function of the
-sources, run on the tree as it is and on the tree with a second definition planted, which it must catch."""
+sources, run on the tree as it is and on the tree with a second definition planted, which it must catch. They
+read the shapes such copies take (a comparison with `x - margin`, the PROBE_JSON name, a literal list): a copy
+rephrased past them (`limit = budget - margin` first) is for review to catch."""
 
 import ast
 import textwrap
