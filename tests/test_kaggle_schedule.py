@@ -2,7 +2,8 @@
 
 from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
 
-from roadtop.kaggle.schedule import ENDED_BADLY, Action, Candidate, Decision, KernelState, asks_datasets, decide, pack_runs, running_repushes, state_of
+from roadtop.kaggle.schedule import (ENDED_BADLY, Action, Candidate, Decision, KernelState, asks_datasets, decide, pack_runs,
+                                     running_repushes, state_of, too_long)
 
 S = KernelState
 
@@ -86,3 +87,9 @@ def test_packs_put_the_longest_runs_together_and_flag_one_longer_than_a_session(
     assert problems == ["pack b, a needs est. 7.20 h, more than one 6 h session"]
 
 
+
+
+def test_a_kernel_is_too_long_by_its_longest_measured_run():
+    secs = {"a": 5.0 * 3600, "b": float("nan"), "c": None, "d": 13.0 * 3600}
+    assert too_long({"pack1": ("a", "b"), "pack2": ("c",), "pack3": ("a", "d")}, secs, 12 * 3600) == [
+        "pack3 needs est. 13.00 h, more than one 12 h session"]

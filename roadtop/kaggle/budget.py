@@ -10,7 +10,7 @@ from .client import KaggleCallError, Quota, connect, gpu_quota, offline_username
 from .schedule import pack_runs
 from .settings import internet_on, settings
 
-__all__ = ["fan_out_hours", "gpu_seconds", "kaggle_budget", "plan_quota", "quota_problem", "session_problems"]
+__all__ = ["fan_out_hours", "gpu_seconds", "kaggle_budget", "plan_quota", "quota_problem"]
 
 
 def gpu_seconds(plan) -> dict:
@@ -22,18 +22,6 @@ def gpu_seconds(plan) -> dict:
         return {}
     secs = {r["run"]: r["seconds"] for r in rows}
     return {j.name: secs[run_key(j)] for j in plan.jobs if run_key(j) in secs}
-
-
-def session_problems(kernel_runs: dict, seconds: dict, session_h: float) -> list:
-    """A line for each GPU kernel (name -> the runs it trains) whose estimate, its longest run's (the probe's),
-    passes one Kaggle session of `session_h` hours: Kaggle stops it there, its hours spent and no outputs."""
-    out = []
-    for name, runs in kernel_runs.items():
-        known = [seconds[r] for r in runs if seconds.get(r) == seconds.get(r) and seconds.get(r) is not None]
-        if known and max(known) > session_h * 3600:
-            out.append(f"{name} needs est. {max(known) / 3600:.2f} h, more than one {session_h:g} h session "
-                       "(kaggle.session_hours)")
-    return out
 
 
 def fan_out_hours(kernel_seconds: list, sessions: int) -> tuple:

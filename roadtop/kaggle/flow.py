@@ -19,13 +19,13 @@ from ..dag.stages import stage
 from ..clock import elapsed, utc_clock, utc_now
 from ..errors import RoadtopError
 from ..paths import KAGGLE_WORKING, atomic_write
-from .budget import gpu_seconds, quota_problem, session_problems
+from .budget import gpu_seconds, quota_problem
 from .client import KaggleCallError, gpu_quota, kernel_image, api_username, call_kaggle, connect, kernel_version, owner_username
 from .kernels import (Kernel, build_kernels, gpu_kernel, kaggle_out, kernel_fingerprint, kernel_of, recorded_fingerprint,
                       select_jobs, source_versions)
 from .packnb import PACK_JSON
 from .record import load_record, save_record
-from .schedule import Action, Candidate, KernelState, asks_datasets, decide, running_repushes, state_of
+from .schedule import Action, Candidate, KernelState, asks_datasets, decide, running_repushes, state_of, too_long
 from .settings import internet_on, settings
 
 __all__ = [
@@ -388,7 +388,8 @@ def _refuse_running_repush(api, plan, kernels, st, record, force, force_running,
 def _check_sessions(plan, kernels: list, st, override: bool, log):
     """Refuse (one line) to push a GPU kernel whose estimated time passes one Kaggle session (kaggle.session_hours):
     Kaggle would stop it there with its hours spent; `override` goes ahead."""
-    problems = session_problems({k.name: k.runs for k in kernels}, gpu_seconds(plan), st.session_hours)
+    problems = [f"{p} (kaggle.session_hours)" for p in
+                too_long({k.name: k.runs for k in kernels}, gpu_seconds(plan), st.session_hours * 3600)]
     if problems and not override:
         raise RoadtopError(f"kaggle push refused: {problems[0]}{f' (and {len(problems) - 1} more)' if problems[1:] else ''}"
                            "; give that run fewer epochs or a smaller size, or --override")

@@ -4,7 +4,7 @@ fail (why). No HTTP here; roadtop.kaggle.flow asks Kaggle, calls `decide`, does 
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-__all__ = ["ENDED_BADLY", "Action", "Candidate", "Decision", "KernelState", "asks_datasets", "decide", "pack_runs", "running_repushes", "state_of"]
+__all__ = ["ENDED_BADLY", "Action", "Candidate", "Decision", "KernelState", "asks_datasets", "decide", "pack_runs", "running_repushes", "state_of", "too_long"]
 
 
 class KernelState(str, Enum):
@@ -96,6 +96,11 @@ def _dataset_verdict(ds: str, status: str):
     return None
 
 
+def _queued(todo: list) -> set:
+    """The runs the candidates `todo` carry (a pack's runs, else the candidate itself): still to send."""
+    return {r for c in todo for r in (c.runs or (c.name,))}
+
+
 def decide(todo: list, states: dict, datasets: dict, busy: int, cap: int, failed=(), force=False,
            kaggle_full=False) -> dict:
     """name -> Decision for each Candidate in `todo`, in order: a kernel is skipped when already up to date and
@@ -104,7 +109,7 @@ def decide(todo: list, states: dict, datasets: dict, busy: int, cap: int, failed
     GPU session (`busy` of `cap` taken, counting the pushes decided here; none at all when `kaggle_full`: Kaggle
     refused a GPU push as over the account's sessions); else is pushed. `states`: run -> KernelState;
     `datasets`: own dataset -> Kaggle status (lowercase, 'missing' when it does not exist)."""
-    out, queued, failed = {}, {r for c in todo for r in (c.runs or (c.name,))}, set(failed)
+    out, queued, failed = {}, _queued(todo), set(failed)
     for c in todo:
         if c.current and not force and not any(n in queued for n in c.needs):
             out[c.name] = Decision(Action.SKIP, "already pushed with these parameters and sources")
@@ -140,7 +145,7 @@ def decide(todo: list, states: dict, datasets: dict, busy: int, cap: int, failed
 
 def asks_datasets(c: Candidate, todo: list, states: dict) -> bool:
     """True when `c`'s own datasets are worth asking Kaggle about: every run it reads is COMPLETE already."""
-    queued = {r for k in todo for r in (k.runs or (k.name,))}
+    queued = _queued(todo)
     return not any(n in queued or states.get(n) is not KernelState.COMPLETE for n in c.needs)
 
 
@@ -157,7 +162,15 @@ def pack_runs(seconds: dict, gpus: int, session_s: float) -> tuple:
     known = sorted((r for r, s in seconds.items() if s == s and s is not None), key=lambda r: -seconds[r])
     order = known + [r for r in seconds if r not in known]
     packs = [tuple(order[i:i + gpus]) for i in range(0, len(order), max(1, gpus))]
-    problems = [f"pack {', '.join(p)} needs est. {max(seconds[r] for r in p) / 3600:.2f} h, more than one "
-                f"{session_s / 3600:g} h session" for p in packs if any(r in known for r in p)
-                and max(seconds[r] for r in p if r in known) > session_s]
-    return packs, problems
+    return packs, too_long({f"pack {', '.join(p)}": p for p in packs}, seconds, session_s)
+
+
+def too_long(kernel_runs: dict, seconds: dict, session_s: float) -> list:
+    """A line for each kernel (name -> the runs it trains) whose estimate, its longest measured run's (a pack
+    lasts as long as that), passes one Kaggle session of `session_s` seconds: Kaggle would stop it there."""
+    out = []
+    for name, runs in kernel_runs.items():
+        known = [seconds[r] for r in runs if seconds.get(r) is not None and seconds[r] == seconds[r]]
+        if known and max(known) > session_s:
+            out.append(f"{name} needs est. {max(known) / 3600:.2f} h, more than one {session_s / 3600:g} h session")
+    return out
