@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEMO as DEMO_PLAN
-from nbexport import load
 
 from roadtop.collab import fit_collab, rmse, sample_ratings, split_ratings, sweep_wd
 from roadtop.errors import RoadtopError
 from roadtop.movielens import load_ratings, make_movielens
+from roadtop.nbcode import load
 
 NB = load("collab.ipynb")  # the models exactly as the learner reads them in the notebook
 DotProduct, DotProductBias, DotProductBiasCP = NB["DotProduct"], NB["DotProductBias"], NB["DotProductBiasCP"]

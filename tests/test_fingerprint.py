@@ -75,3 +75,24 @@ def test_a_notebook_edit_changes_the_notebook_part_only(tmp_path, tiny_data):
     nb["cells"][-1]["source"] = "".join(nb["cells"][-1]["source"]) + "\nprint('one more line')"
     job.notebook.write_text(json.dumps(nb))
     assert fpr.what_changed(before, fpr.job_parts(job, "D", {})) == ["notebook"]
+
+
+def test_the_probe_is_stale_when_the_training_code_it_runs_changes(tmp_path, tiny_data):
+    """probe.ipynb trains with train.ipynb's export cells (nbcode.load): editing them changes the probe's notebook
+    part; editing a train.ipynb cell the probe does not run leaves it as it was."""
+    job = load_plan(tiny_plan(tmp_path, tiny_data, probe={})).job("probe")
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    for name in ("probe.ipynb", "train.ipynb"):
+        shutil.copy(job.notebook.parent / name, nbs / name)
+    job = dataclasses.replace(job, notebook=nbs / "probe.ipynb")
+    before = fpr.job_parts(job, "D", {})
+    train = json.loads((nbs / "train.ipynb").read_text())
+    plain = next(c for c in train["cells"] if c["cell_type"] == "code" and "export" not in c["metadata"].get("tags", []))
+    plain["source"] = "".join(plain["source"]) + "\nprint('not run by the probe')"
+    (nbs / "train.ipynb").write_text(json.dumps(train))
+    assert fpr.job_parts(job, "D", {}) == before
+    learner = next(c for c in train["cells"] if "def learner(" in "".join(c["source"]))
+    learner["source"] = "".join(learner["source"]).replace("GradientAccumulation(64)", "GradientAccumulation(32)")
+    (nbs / "train.ipynb").write_text(json.dumps(train))
+    assert fpr.what_changed(before, fpr.job_parts(job, "D", {})) == ["notebook"]

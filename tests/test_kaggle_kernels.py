@@ -257,3 +257,24 @@ def test_dry_run_of_a_code_competition_writes_the_predict_kernel_kaggle_reruns(t
     assert "model.py" in shipped and "ensemble.py" in shipped
     assert "roadtop.dag" not in boot and "roadtop.kaggle" not in boot and "from .dag" not in boot
     assert all((ROOT / "roadtop" / n).is_file() for n in shipped)  # the notebook floor only
+
+
+def test_the_probe_kernel_carries_the_training_code_it_runs(tmp_path):
+    """probe.ipynb trains with train.ipynb's export cells (roadtop.nbcode.load): its kernel's bootstrap writes them
+    to notebooks/ beside the package, where nbcode looks, with the modules those cells import."""
+    from roadtop.nbcode import export_cells
+    from roadtop.paths import NOTEBOOKS
+
+    nb = kernels.kernel_notebook(NOTEBOOKS / "probe.ipynb", {})
+    boot = nb.cells[1].source
+    assert "train.ipynb" in boot.splitlines()[0]  # the header says what it carries
+    r = subprocess.run([sys.executable, "-I", "-S", "-"], input=boot, capture_output=True, text=True,
+                       env={"TMPDIR": str(tmp_path)}, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    src = tmp_path / "roadtop-src"
+    shipped = json.loads((src / "notebooks" / "train.ipynb").read_text())
+    assert ["".join(c["source"]) for c in shipped["cells"]] == export_cells("train.ipynb")
+    assert export_cells("train.ipynb", src / "notebooks") == export_cells("train.ipynb")  # what nbcode.load runs
+    written = {p.name for p in (src / "roadtop").glob("*.py")}
+    assert {"nbcode.py", "probe.py", "train.py", "preds.py", "accum.py"} <= written  # preds: train.ipynb's import
+    assert kernels.kernel_notebook(NOTEBOOKS / "probe.ipynb", {}).cells[1].source == boot  # same text every push

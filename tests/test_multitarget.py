@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from nbexport import load
 from PIL import Image
 
 from roadtop import multitarget as mt
 from roadtop.errors import RoadtopError
+from roadtop.nbcode import load
 
 # Three diseases, four varieties: 7 outputs per image.
 LOGITS = torch.tensor([

@@ -6,10 +6,10 @@ import re
 import nbformat
 import pytest
 import torch
-from nbexport import load
 from test_accum import BUDGET, MARGIN, T
 
 from roadtop import probe as probes
+from roadtop.nbcode import export_cells, load
 from roadtop.paths import NOTEBOOKS, ROOT
 
 
@@ -74,10 +74,15 @@ def test_the_notebooks_train_is_timed_on_cpu_with_fastais_gradient_accumulation(
 def test_the_lessons_probe_code_is_in_the_notebook_and_only_mechanics_in_the_module():
     cells = [c.source for c in nbformat.read(NOTEBOOKS / "probe.ipynb", as_version=4).cells if c.cell_type == "code"]
     code = "\n".join(cells)
-    for shown in ("value_counts()", "GradientAccumulation(64)", "vision_learner(", "def train(", "gc.collect()",
-                  "torch.cuda.empty_cache()", "report_gpu()", "for accum in "):
+    for shown in ("value_counts()", 'nbcode.load("train.ipynb")', "def train(", "learner(dls, arch, accum)",
+                  "fit_one_cycle(", "gc.collect()", "torch.cuda.empty_cache()", "report_gpu()", "for accum in "):
         assert shown in code, shown
     assert re.search(r"learn = train\(path, files, ", code)  # the trial runs the notebook's train()
+    for copied in ("DataBlock(", "vision_learner(", "GradientAccumulation(", "to_fp16("):  # train.ipynb's, not a copy
+        assert copied not in code, copied
+    lesson = "\n".join(export_cells("train.ipynb"))
+    for defined in ("def dataloaders(", "def learner(", "GradientAccumulation(64)", "vision_learner(", "DataBlock("):
+        assert defined in lesson, defined
     module = (ROOT / "roadtop" / "probe.py").read_text()
     for built in ("DataBlock", "dataloaders(", "vision_learner", "Learner(", "CancelBatchException",
                   "GradientAccumulation", "aug_transforms"):

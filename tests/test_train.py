@@ -5,11 +5,11 @@ import json
 import nbformat
 import pytest
 import torch
-from nbexport import load
 from torch import nn
 
 from roadtop import paddy, train
 from roadtop.errors import RoadtopError
+from roadtop.nbcode import load
 from roadtop.preds import load_preds
 
 

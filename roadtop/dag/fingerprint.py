@@ -5,6 +5,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..nbcode import export_cells, uses
 from ..paths import atomic_write
 from .datafiles import scan
 from .params import FINGERPRINT_SKIPS
@@ -71,9 +72,11 @@ def data_fingerprint(path, cache_dir=None, files=None) -> str:
 
 
 def _notebook_source(nb: Path) -> str:
-    """The notebook's code and markdown, without outputs or metadata (what decides the result)."""
-    cells = json.loads(nb.read_text())["cells"]
-    return json.dumps([(c["cell_type"], "".join(c["source"])) for c in cells])
+    """The notebook's code and markdown, without outputs or metadata (what decides the result), and the code it runs
+    from other notebooks (roadtop.nbcode.load: the probe trains with train.ipynb's functions)."""
+    cells = [(c["cell_type"], "".join(c["source"])) for c in json.loads(nb.read_text())["cells"]]
+    runs = [(name, export_cells(name, nb.parent)) for name in uses(src for kind, src in cells if kind == "code")]
+    return json.dumps(cells + runs)
 
 
 def job_parts(job, data_fp: str, upstream: dict, members=None) -> dict:

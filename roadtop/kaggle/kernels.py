@@ -12,6 +12,7 @@ from papermill.parameterize import parameterize_notebook
 
 from ..dag.stages import stage
 from ..errors import RoadtopError
+from ..nbcode import EXPORT, export_cells, uses
 from ..paths import KAGGLE_INPUT, KAGGLE_WORKING, atomic_write
 from .record import load_record
 from .packnb import pack_notebook
@@ -226,10 +227,24 @@ def _imports(code: str) -> set:
     return found
 
 
-def _modules(nb, pkg_dir: Path) -> list:
-    """File names of the roadtop modules the notebook's code needs, following imports between modules."""
+def _lessons(nb) -> dict:
+    """{name: a notebook of its export cells} for each notebook whose code `nb` runs (roadtop.nbcode.load: the probe
+    trains with train.ipynb's functions), so the kernel finds them where nbcode looks: beside the package."""
+    out = {}
+    for name in uses(c.source for c in nb.cells if c.cell_type == "code"):
+        cells = [nbformat.v4.new_code_cell(src, metadata={"tags": [EXPORT]}, id=f"{EXPORT}-{i}")
+                 for i, src in enumerate(export_cells(name))]
+        out[name] = nbformat.writes(nbformat.v4.new_notebook(cells=cells))
+    return out
+
+
+def _modules(nb, pkg_dir: Path, lessons=None) -> list:
+    """File names of the roadtop modules the notebook's code (and the `lessons` notebooks it runs) needs, following
+    imports between modules."""
+    sources = [c.source for c in nb.cells if c.cell_type == "code"]
+    sources += [c.source for text in (lessons or {}).values() for c in nbformat.reads(text, as_version=4).cells]
     try:
-        todo = set().union(*(_imports(c.source) for c in nb.cells if c.cell_type == "code"))
+        todo = set().union(*(_imports(src) for src in sources))
     except SyntaxError:
         return sorted(p.name for p in pkg_dir.glob("*.py"))  # cannot tell: send them all
     seen = {"__init__", "errors", "paths"}
@@ -251,25 +266,31 @@ def _literal(text: str) -> str:
     return repr(text)
 
 
-def bootstrap_source(modules=None, pkg_dir=None) -> str:
+def bootstrap_source(modules=None, pkg_dir=None, lessons=None) -> str:
     """The hidden cell of every kernel: writes roadtop's `modules` (file names; default all) as readable
-    source to a temp folder that goes first on sys.path, so `import roadtop` works with no install."""
+    source to a temp folder that goes first on sys.path, so `import roadtop` works with no install, and the
+    `lessons` notebooks ({name: text}) whose code the notebook runs to notebooks/ beside it."""
     pkg_dir = Path(pkg_dir or Path(__file__).parent.parent)
     names = modules or sorted(p.name for p in pkg_dir.glob("*.py"))
     body = "".join(f"\n_roadtop_src[{n!r}] = {_literal((pkg_dir / n).read_text(encoding='utf-8'))}\n"
                    for n in names)
+    body += "".join(f"\n_roadtop_src[{f'../notebooks/{n}'!r}] = {_literal(text)}\n"
+                    for n, text in (lessons or {}).items())
     return (
-        f"# roadtop's modules used by this notebook ({', '.join(names)}), added by `pipeline.py kaggle push`:\n"
+        f"# roadtop's modules used by this notebook ({', '.join(names)})"
+        + (f" and the notebooks whose code it runs ({', '.join(lessons)})" if lessons else "")
+        + ", added by `pipeline.py kaggle push`:\n"
         "# written to a temp folder put first on sys.path, so no install (and no internet) is needed.\n"
         "import os, sys, tempfile\n"
         "_roadtop_src = {}\n" + body +
         "\n_roadtop_dir = os.path.join(tempfile.gettempdir(), 'roadtop-src')\n"
-        "os.makedirs(os.path.join(_roadtop_dir, 'roadtop'), exist_ok=True)\n"
         "for _name, _text in _roadtop_src.items():\n"
-        "    with open(os.path.join(_roadtop_dir, 'roadtop', _name), 'w', encoding='utf-8') as _f:\n"
+        "    _file = os.path.normpath(os.path.join(_roadtop_dir, 'roadtop', _name))\n"
+        "    os.makedirs(os.path.dirname(_file), exist_ok=True)\n"
+        "    with open(_file, 'w', encoding='utf-8') as _f:\n"
         "        _f.write(_text)\n"
         "sys.path.insert(0, _roadtop_dir)\n"
-        "del _roadtop_src, _name, _text, _f\n"
+        "del _roadtop_src, _name, _text, _file, _f\n"
     )
 
 
@@ -298,7 +319,9 @@ def kernel_notebook(notebook, params: dict):
     if fix:
         at = next(i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", []))
         nb.cells.insert(at + 1, nbformat.v4.new_code_cell(fix, metadata={"tags": ["roadtop-inputs"]}))
-    boot = nbformat.v4.new_code_cell(bootstrap_source(_modules(nb, Path(__file__).parent.parent)))
+    lessons = _lessons(nb)
+    boot = nbformat.v4.new_code_cell(bootstrap_source(_modules(nb, Path(__file__).parent.parent, lessons),
+                                                      lessons=lessons))
     boot.metadata.update({"tags": ["roadtop-bootstrap"], "_kg_hide-input": True})  # Kaggle folds the code
     note = nbformat.v4.new_markdown_cell(BOOTSTRAP_NOTE, metadata={"tags": ["roadtop-bootstrap-note"]})
     nb.cells[:0] = [note, boot]
