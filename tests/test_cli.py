@@ -72,3 +72,14 @@ def test_a_bad_gpus_value_is_one_line_exit_2_and_nothing_written(tmp_path, tiny_
     assert cli.main(["run", "--params", str(plan), "--gpus", "0,1"]) == 2
     assert capsys.readouterr().err.startswith("error: --gpus 0,1: card 1 is not visible (torch sees 1: 0..0)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml"]  # no out folder, no lock
+
+
+def test_jobs_and_gpus_together_or_a_bad_jobs_value_is_one_line_exit_2_and_nothing_written(tmp_path, tiny_data,
+                                                                                             capsys):
+    plan = tiny_plan(tmp_path, tiny_data)
+    for args, said in ((["--jobs", "2", "--gpus", "0,1"], "--gpus 0,1 and --jobs 2: give one of them"),
+                       (["--jobs", "two"], "--jobs two: not a number of jobs")):
+        assert cli.main(["run", "--params", str(plan), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {said}") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.yaml"]  # no out folder, no lock

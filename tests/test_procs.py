@@ -130,7 +130,7 @@ def test_after_sigkill_the_rerun_finishes_only_what_is_missing(interrupted):
 
 
 def test_a_job_process_hands_back_its_record(tmp_path):
-    job = Job("train/x", "train", tmp_path / "missing.ipynb", {}, tmp_path / "x")
+    job = Job("train/x", "train", tmp_path / "missing.ipynb", {}, tmp_path / "x").spec()
     with procs.JobProcs(("3",)) as jp:
         jp.start(job, "fp", {}, "3")
         name, rec = jp.next()
@@ -140,7 +140,7 @@ def test_a_job_process_hands_back_its_record(tmp_path):
 
 def test_a_job_process_that_ends_without_a_record_fails_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(procs, "CHILD", "this_module_does_not_exist")
-    job = Job("train/x", "train", tmp_path / "train.ipynb", {}, tmp_path / "x")
+    job = Job("train/x", "train", tmp_path / "train.ipynb", {}, tmp_path / "x").spec()
     with procs.JobProcs(("0", "1")) as jp:
         jp.start(job, "fp", {}, "1")
         _, rec = jp.next()
@@ -166,7 +166,7 @@ def test_a_job_process_and_its_kernel_end_with_the_pipeline_that_started_them(tm
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "sleepy.ipynb")
     script = (f"from pathlib import Path\nfrom roadtop.dag import procs\nfrom roadtop.dag.render import Job\n"
-              f"job = Job('x', 'train', Path({str(tmp_path / 'sleepy.ipynb')!r}), {{}}, Path({str(tmp_path / 'x')!r}))\n"
+              f"job = Job('x', 'train', Path({str(tmp_path / 'sleepy.ipynb')!r}), {{}}, Path({str(tmp_path / 'x')!r})).spec()\n"
               f"with procs.JobProcs(('0',)) as jp:\n    jp.start(job, 'fp', {{}}, '0')\n    jp.next()\n")
     pipe = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
     kernel = job = None

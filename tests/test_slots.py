@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadtop.dag.slots import ONE_SLOT, Decision, decide, job_env, parse_gpus
+from roadtop.dag.slots import ONE_SLOT, Decision, decide, job_env, parse_gpus, parse_jobs, slot_label
 from roadtop.errors import RoadtopError
 
 
@@ -89,3 +89,27 @@ def test_a_job_on_a_card_sees_only_it_and_its_share_of_the_threads():
     assert job_env({}, "0", ("0", "1", "2"), cpus=16)["OMP_NUM_THREADS"] == "5"  # unset: the machine's CPUs
     assert job_env({"OMP_NUM_THREADS": "1"}, "0", CARDS, cpus=2)["OMP_NUM_THREADS"] == "1"  # never 0
     assert job_env(env, None, ONE_SLOT, cpus=16) == env  # one slot: the environment as it is
+
+
+def test_jobs_are_slots_sharing_the_machine_named_apart_from_cards():
+    assert parse_jobs("2") == ("cpu0", "cpu1") and parse_jobs(3) == ("cpu0", "cpu1", "cpu2")
+    assert parse_jobs("1") == ONE_SLOT  # one job at a time: in this process, as without --jobs
+    assert [slot_label(s) for s in ("cpu1", "1", None)] == ["cpu1", "card 1", ""]
+    d = decide(PLAN, settled=set(), running={"a": "cpu0", "b": "cpu1"}, cards=("cpu0", "cpu1"))
+    assert d.start is None and d.waits["c"] == "waits for a free slot (a on cpu0, b on cpu1)"
+    assert decide(PLAN, settled={"a"}, running={"b": "cpu1"}, cards=("cpu0", "cpu1")).start == ("c", "cpu0")
+
+
+@pytest.mark.parametrize("value", ["0", "x", "-2", "", "1.5"])
+def test_a_bad_jobs_value_is_one_line(value):
+    with pytest.raises(RoadtopError) as e:
+        parse_jobs(value)
+    assert str(e.value).startswith(f"--jobs {value}: not a number of jobs: use a whole number such as --jobs 2")
+    assert "\n" not in str(e.value)
+
+
+def test_a_job_in_a_jobs_slot_sees_the_machines_cards_and_gets_its_share_of_the_threads():
+    env = {"PATH": "/bin", "OMP_NUM_THREADS": "8", "CUDA_VISIBLE_DEVICES": "3"}
+    assert job_env(env, "cpu1", ("cpu0", "cpu1"), cpus=16) == {**env, "OMP_NUM_THREADS": "4"}
+    assert "CUDA_VISIBLE_DEVICES" not in job_env({}, "cpu0", ("cpu0", "cpu1"), cpus=2)
+    assert job_env({}, "cpu0", ("cpu0", "cpu1"), cpus=2)["OMP_NUM_THREADS"] == "1"  # 2 cores, 2 jobs: one each

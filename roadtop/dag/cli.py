@@ -2,6 +2,7 @@
 
     python pipeline.py run [--params params/demo.yaml] [--force] [--only JOB ...] [--allow-partial]
         [--gpus 0,1|auto]                            up to one job per card at once (default: one at a time)
+        [--jobs N]                                   up to N jobs at once sharing this machine (e.g. CPU cores)
     python pipeline.py validate [--params FILE]      check a plan without running anything
     python pipeline.py status [--params FILE] [--allow-partial] [--skip-bad]
         each job: complete / stale (what changed) / failed (cause) / pending, as `run` would see it
@@ -27,14 +28,16 @@ from .plan import DEFAULT_PLAN, load_plan, resolve_plan_data
 from .records import MANIFEST, State
 from .datafiles import scan
 from .runner import check_out_dir, csv_columns, prepare_data, run_plan, walk
-from .slots import parse_gpus
+from .slots import parse_gpus, parse_jobs
 from .stages import stage
 
-__all__ = ["GPUS_HELP", "ONLY_HELP", "parser", "main"]
+__all__ = ["GPUS_HELP", "JOBS_HELP", "ONLY_HELP", "parser", "main"]
 
 GPUS_HELP = ("run up to one job per card at once, each in its own process that sees only its card: 0,1 or auto "
              "(every visible card); without CUDA the numbers are slots, each job still told its card "
              "(default: one job at a time)")
+JOBS_HELP = ("run up to N jobs at once, each in its own process with its share of the CPU threads, all seeing this "
+             "machine's cards (e.g. --jobs 2 on a 2-core machine without a GPU; default: 1)")
 ONLY_HELP = "just these jobs: names or globs, whole or after the stage (e.g. convnext_crop 'train/*' ensemble)"
 
 
@@ -49,9 +52,13 @@ def _plan(args):
 
 def cmd_run(args) -> int:
     """Run the plan (only what is missing or changed, unless --force), one run at a time per output folder: one
-    job at a time, or one per card of --gpus."""
-    cards = parse_gpus(args.gpus, torch.cuda.device_count() if args.gpus else None,
-                       os.environ.get("CUDA_VISIBLE_DEVICES"))
+    job at a time, one per card of --gpus, or --jobs at once."""
+    if args.gpus and args.jobs:
+        raise RoadtopError(f"--gpus {args.gpus} and --jobs {args.jobs}: give one of them (--gpus: one job per card; "
+                           f"--jobs N: N jobs sharing this machine)")
+    cards = (parse_jobs(args.jobs) if args.jobs else
+             parse_gpus(args.gpus, torch.cuda.device_count() if args.gpus else None,
+                        os.environ.get("CUDA_VISIBLE_DEVICES")))
     plan = _plan(args)
     with run_lock(plan.out_dir):
         return run_plan(plan, force=args.force, only=args.only, allow_partial=args.allow_partial,
@@ -136,6 +143,7 @@ def parser(extra=(), plan_checks=(), budget_checks=()) -> argparse.ArgumentParse
     r.add_argument("--allow-partial", action="store_true", help="ensemble the complete runs even if some failed")
     r.add_argument("--skip-bad", action="store_true", help="leave out bad images instead of stopping")
     r.add_argument("--gpus", metavar="CARDS", help=GPUS_HELP)
+    r.add_argument("--jobs", metavar="N", help=JOBS_HELP)
     add("check", cmd_check, "check the data and saved runs, run nothing")
     add("validate", cmd_validate, "check the plan, run nothing")
     st = add("status", cmd_status, "each job: complete / stale (what changed) / failed (cause) / pending")

@@ -1,30 +1,25 @@
 """Jobs in processes of their own, each seeing only its card: what `run --gpus` starts, and what each comes back with.
 
-Each job is `python -m roadtop.dag.runner SPEC RESULT`: the runner's own execute_job on one pickled job, its
-record written to RESULT. The process, and the notebook kernel papermill starts in it, get the environment of
+Each job is `python -m roadtop.dag.execute SPEC RESULT`: execute_job, as a one-at-a-time run calls it, on one
+job's JobSpec, its record written to RESULT. The process, and the notebook kernel papermill starts in it, get the environment of
 roadtop.dag.slots.job_env (CUDA_VISIBLE_DEVICES: its card; OMP_NUM_THREADS: its share of the CPU threads).
 """
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from .execute import write_spec
 from .records import record_failure
 from .slots import job_env
 
-__all__ = ["CHILD", "Inline", "JobProcs", "read_spec"]
+__all__ = ["CHILD", "Inline", "JobProcs"]
 
-CHILD = "roadtop.dag.runner"  # the module a job's process runs (`python -m`), given SPEC and RESULT
-
-
-def read_spec(spec) -> tuple:
-    """(job, fingerprint, parts) from a SPEC file JobProcs wrote."""
-    return pickle.loads(Path(spec).read_bytes())
+CHILD = "roadtop.dag.execute"  # the module a job's process runs (`python -m`), given SPEC and RESULT
 
 
 class JobProcs:
@@ -50,12 +45,12 @@ class JobProcs:
         self._tmp.cleanup()
 
     def start(self, job, fp: str, parts: dict, card):
-        """Start `job` in its own process on `card` (the environment that card's job gets)."""
+        """Start `job` (a JobSpec) in its own process in slot `card` (the environment that slot's job gets)."""
         self.started += 1
         folder = Path(self._tmp.name) / str(self.started)
         folder.mkdir()
         spec, result = folder / "job.pickle", folder / "result.json"
-        spec.write_bytes(pickle.dumps((job, fp, parts)))
+        write_spec(spec, job, fp, parts)
         env = job_env(self.env, card, self.cards, self.cpus)
         self.futures[self._pool.submit(self._run, job, spec, result, env)] = job.name
 
@@ -89,7 +84,7 @@ class Inline:
         return None
 
     def start(self, job, fp: str, parts: dict, card):
-        """Run `job` here and now (`card` is None: the process's own environment)."""
+        """Run `job` (a JobSpec) here and now (`card` is None: the process's own environment)."""
         self.done.append((job.name, self.execute(job, fp, parts)))
 
     def next(self) -> tuple:

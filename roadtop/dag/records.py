@@ -6,7 +6,6 @@ from pathlib import Path
 
 from ..clock import utc_now
 from ..paths import atomic_write
-from .fingerprint import what_changed
 
 __all__ = ["MANIFEST", "FAILED", "State", "job_state", "record_failure", "cause"]
 
@@ -45,6 +44,8 @@ def job_state(job, fingerprint=None, parts=None) -> dict:
     if m and all((job.out_dir / o).exists() for o in m.get("outputs", [])):
         if fingerprint is None or m.get("fingerprint") == fingerprint:
             return {"state": State.COMPLETE, **m}
+        from .fingerprint import what_changed  # here, not on top: a job's process (roadtop.dag.execute) writes records
+        # without the planner's imports (fingerprint -> params -> timm, torch), which take seconds
         return {"state": State.STALE, **m, "changed": what_changed(m.get("parts"), parts or {})}
     f = _read_json(job.out_dir / FAILED)
     if f:

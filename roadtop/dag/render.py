@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
+from .execute import JobSpec
 from .params import notebook_params
 
 __all__ = ["FrozenDict", "FrozenList", "Job", "freeze", "thaw", "with_data"]
@@ -86,6 +87,10 @@ class Job:
     def with_params(self, **changes) -> "Job":
         """A new job: this one with `changes` on top of its parameters."""
         return replace(self, params={**self.params, **changes})
+
+    def spec(self) -> JobSpec:
+        """What running it takes (roadtop.dag.execute): its name, stage, notebook, plain parameters, output folder."""
+        return JobSpec(self.name, self.stage, self.notebook, thaw(self.params), self.out_dir)
 
     def takes(self, name: str) -> bool:
         """True if its notebook declares parameter `name` (e.g. data_path: it reads the data folder)."""

@@ -1,20 +1,11 @@
 """Execute a plan's jobs with papermill: skip what is done, isolate failures, write manifests last."""
 
-import json
 import os
 import shutil
-import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import papermill as pm
-from jupyter_client import AsyncKernelManager
-from traitlets.config import Config
-
-from ..clock import utc_now
 from ..errors import RoadtopError
 from ..paths import atomic_write
 from .budget import resolve_accum
@@ -22,17 +13,17 @@ from .checks import cached_check, check_runs_dirs, raise_problems, walk_problems
 from .datafiles import scan
 from .fingerprint import data_fingerprint, fingerprint, job_parts
 from .plan import resolve_plan_data
-from .procs import Inline, JobProcs, read_spec
-from .records import FAILED, MANIFEST, State, cause, job_state, record_failure
-from .render import thaw, with_data
+from .execute import execute_job
+from .procs import Inline, JobProcs
+from .records import State, cause, job_state, record_failure
+from .render import with_data
 from .report import write_report
-from .slots import ONE_SLOT, decide
+from .slots import ONE_SLOT, decide, slot_label
 from .stages import stage
 
-__all__ = ["AUTOSAVE_S", "CHECKS", "Step", "check_out_dir", "execute_job", "csv_columns", "check_data", "prepare_data",
-           "ensemble_members", "job_step", "walk", "run_plan", "run_one"]
+__all__ = ["CHECKS", "Step", "check_out_dir", "csv_columns", "check_data", "prepare_data",
+           "ensemble_members", "job_step", "walk", "run_plan"]
 
-AUTOSAVE_S = 2  # papermill saves the executed notebook this often while a cell runs: watch a training cell's epochs
 CHECKS = "checks"  # under the plan's out_dir: the data-check results and the per-file hash cache
 
 
@@ -48,72 +39,6 @@ def check_out_dir(folder, where: str = "out_dir"):
     if not os.access(p, os.W_OK | os.X_OK):
         raise RoadtopError(f"{where} {folder}: {p} is not writable (read-only or not yours): pick another --out "
                            f"(or out_dir in the plan), or fix its permissions")
-
-
-def _kernel_config(sockets: str):
-    """nbclient's config for a kernel that talks over Unix sockets in the folder `sockets` (its own, so kernels
-    never share one): local only, and so without ipykernel's warning that TCP between the two is unencrypted."""
-    return Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
-
-
-class _Kernel(AsyncKernelManager):
-    """nbclient's kernel manager, less the SIGINT that jupyter_client sends every kernel before asking it to shut
-    down: a kernel between two messages logs it ('KeyboardInterrupt caught in kernel') on the pipeline's stderr."""
-
-    async def _async_interrupt_kernel(self):
-        """Interrupt the kernel, unless it is being shut down (the shutdown request ends it all the same)."""
-        if not self.shutting_down:
-            await super()._async_interrupt_kernel()
-
-
-def execute_job(job, fp: str, parts: dict, log=print, progress: bool = True) -> dict:
-    """Run one notebook with papermill into its out_dir; manifest.json (written last) marks it complete.
-
-    papermill saves the executed notebook as <stage>.running.ipynb while it runs (every AUTOSAVE_S seconds); it is
-    renamed to <stage>.ipynb when the notebook ends (with its error cell if one failed). When writing fails (a full
-    disk, a folder gone read-only) the half-written copy is removed: the last good <stage>.ipynb stays.
-    `progress`: papermill's progress bar (off when jobs run side by side: their bars would mix).
-    """
-    out = job.out_dir
-    executed, running = out / f"{job.stage}.ipynb", out / f"{job.stage}.running.ipynb"
-    t0 = time.time()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in (MANIFEST, FAILED):  # from here until the manifest is rewritten, the job is not complete
-            (out / stale).unlink(missing_ok=True)
-        before = {p.name: p.stat().st_mtime for p in out.iterdir()}
-    except OSError as e:
-        return record_failure(job, f"cannot write in {out}: {cause(e)}", notebook=executed.name)
-    try:
-        with tempfile.TemporaryDirectory(prefix="roadtop-kernel-") as sockets:
-            pm.execute_notebook(str(job.notebook), str(running), parameters=thaw(job.params), cwd=str(job.notebook.parent),
-                                kernel_name="python3", progress_bar=progress, log_output=False,
-                                autosave_cell_every=AUTOSAVE_S, config=_kernel_config(sockets),
-                                kernel_manager_class=_Kernel)
-    except OSError as e:  # papermill could not save the notebook: what it left is half-written
-        running.unlink(missing_ok=True)
-        return record_failure(job, cause(e), seconds=time.time() - t0, notebook=executed.name)
-    except Exception as e:  # noqa: BLE001 - any failure of one job must not stop the others
-        failure = cause(e)
-        try:
-            os.replace(running, executed)  # the whole notebook, with its error cell
-        except OSError:
-            running.unlink(missing_ok=True)
-        return record_failure(job, failure, seconds=time.time() - t0, notebook=executed.name)
-    try:
-        os.replace(running, executed)
-        outputs = sorted(p.name for p in out.iterdir()
-                         if p.is_file() and not p.name.startswith(".") and p.name not in (executed.name, MANIFEST)
-                         and (p.name not in before or p.stat().st_mtime != before[p.name]))
-        rec = {"job": job.name, "fingerprint": fp, "seconds": round(time.time() - t0, 1),
-               "finished": utc_now(), "notebook": executed.name, "outputs": outputs,
-               "params": thaw(job.params), "parts": parts}
-        with atomic_write(out / MANIFEST) as f:
-            json.dump(rec, f, indent=1, default=str)
-    except OSError as e:  # the manifest could not be written: the job is not complete
-        return record_failure(job, f"manifest.json not written: {cause(e)}", seconds=time.time() - t0,
-                              notebook=executed.name)
-    return {"state": State.COMPLETE, **rec}
 
 
 def _publish(src: Path, dst: Path):
@@ -303,22 +228,22 @@ def _ended(plan, job, state: dict, tag: str, on: str, log) -> list:
 def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, log=print, cards=ONE_SLOT) -> int:
     """Run the plan's jobs; returns the exit code (non-zero if any job failed).
 
-    `cards` (roadtop.dag.slots.parse_gpus): one slot each. ONE_SLOT (the default) runs one job at a time in this
-    process, in plan order; more run up to one job per card at once, each in its own process that sees only its
-    card. Either way roadtop.dag.slots.decide picks the next job that may start (its upstream jobs settled) and
+    `cards` (roadtop.dag.slots.parse_gpus or parse_jobs): one slot each. ONE_SLOT (the default) runs one job at a
+    time in this process, in plan order; more run up to one job per slot at once, each in its own process (that
+    sees only its card, for --gpus). Either way roadtop.dag.slots.decide picks the next job that may start (its upstream jobs settled) and
     job_step says whether it has to run.
     """
     t_start = time.time()
     check_out_dir(plan.out_dir)
     picked = {j.name for j in plan.select(only)}
     plan, data, data_fp = prepare_data(plan, skip_bad, check=True, log=log)
-    side = "" if cards == ONE_SLOT else f", up to {len(cards)} at once on cards {','.join(cards)}"
+    side = "" if cards == ONE_SLOT else f", up to {len(cards)} at once on {', '.join(map(slot_label, cards))}"
     log(f"plan {plan.name} ({plan.source}): {len(plan.jobs)} jobs, data {data}, outputs {plan.out_dir}{side}")
     seen, outcomes, marked, fps, unpublished = {}, {}, {}, {}, []  # as stepped; what became of the jobs run; bad runs
     running, said = {}, {}  # name -> card of the jobs running now; the jobs whose wait was said
     n = len(plan.jobs)
     tags = {j.name: f"[{k}/{n}] {j.name}" for k, j in enumerate(plan.jobs, 1)}
-    on = {c: "" if c is None else f" on card {c}" for c in cards}
+    on = {c: "" if c is None else f" on {slot_label(c)}" for c in cards}
     launcher = Inline(execute_job) if cards == ONE_SLOT else JobProcs(cards)
     with launcher:
         while True:
@@ -339,7 +264,7 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
                     log(f"{tags[name]}: running {step.job.notebook.name} -> {step.job.out_dir}{on[card]} "
                         f"(elapsed {time.time() - t_start:.0f}s)")
                     running[name] = card
-                    launcher.start(step.job, step.fp, step.parts, card)
+                    launcher.start(step.job.spec(), step.fp, step.parts, card)
                 continue
             if not running:
                 break
@@ -362,26 +287,3 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
         log("to resume: fix the cause above (e.g. free disk space), then run the same command again: complete "
             "jobs are skipped, only what is missing runs")
     return 1 if failed or unpublished else 0
-
-
-def _end_with(parent: int, every_s: float = 1.0):
-    """End this process as soon as its parent is gone (`run` killed however it was, its lock let go): a job of a
-    dead run must not write on beside the next one. Its notebook kernel follows it (ipykernel watches its parent)."""
-    while os.getppid() == parent:
-        time.sleep(every_s)
-    os._exit(1)
-
-
-def run_one(spec, result) -> int:
-    """A job's own process (`python -m roadtop.dag.runner SPEC RESULT`, started by roadtop.dag.procs.JobProcs): run
-    the job in SPEC with execute_job, write its record to RESULT; it ends with the pipeline that started it."""
-    threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True).start()
-    job, fp, parts = read_spec(spec)
-    state = execute_job(job, fp, parts, progress=False)
-    with atomic_write(result) as f:
-        json.dump(state, f, default=str)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_one(*sys.argv[1:]))

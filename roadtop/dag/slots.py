@@ -1,7 +1,9 @@
-"""Which jobs start now, and on which card: `run --gpus` as data in, a decision out, no processes and no I/O.
+"""Which jobs start now, and in which slot: `run --gpus` / `run --jobs` as data in, a decision out, no processes
+and no I/O.
 
 A run of the plan holds one slot per card it was given (`--gpus 0,1`: two; no `--gpus`: one slot, the card the
-process already sees). A job starts when its upstream jobs are settled (ran, were skipped, or failed) and a slot is
+process already sees), or `--jobs N` slots that share this machine (named cpu0, cpu1, ...: each job sees the cards
+this process sees, and gets its share of the CPU threads). A job starts when its upstream jobs are settled (ran, were skipped, or failed) and a slot is
 free; until then it waits, and `decide` says what for. Whether a job that may start has to run at all (up to date,
 not in --only, an ensemble short of members) is the runner's `job_step`, as in a sequential run.
 """
@@ -10,9 +12,17 @@ from dataclasses import dataclass, field
 
 from ..errors import RoadtopError
 
-__all__ = ["ONE_SLOT", "Decision", "decide", "parse_gpus", "job_env"]
+__all__ = ["ONE_SLOT", "Decision", "decide", "parse_gpus", "parse_jobs", "slot_label", "job_env"]
 
 ONE_SLOT = (None,)  # no --gpus: one job at a time, in this process, on whatever card it sees
+SHARED = "cpu"  # the name of a --jobs slot, then its number: no card of its own
+
+
+def slot_label(slot) -> str:
+    """How the log names a slot: 'card 1' for a card of --gpus, 'cpu0' for a --jobs slot, '' for the one slot."""
+    if slot is None:
+        return ""
+    return slot if str(slot).startswith(SHARED) else f"card {slot}"
 
 
 @dataclass(frozen=True)
@@ -45,8 +55,9 @@ def decide(jobs, settled, running: dict, cards: tuple) -> Decision:
         elif start is None and free:
             start = (j.name, free[0])
         else:
-            busy_cards = ", ".join(f"{n} on card {c}" for n, c in running.items())
-            waits[j.name] = f"waits for a free card ({busy_cards})" if running else "waits for a free card"
+            what = "slot" if any(str(c).startswith(SHARED) for c in cards) else "card"
+            busy = ", ".join(f"{n} on {slot_label(c)}" for n, c in running.items())
+            waits[j.name] = f"waits for a free {what} ({busy})" if running else f"waits for a free {what}"
     return Decision(start, waits)
 
 
@@ -83,11 +94,22 @@ def parse_gpus(value, visible=None, cuda_visible=None) -> tuple:
     return tuple(str(k) for k in picked)
 
 
+def parse_jobs(value) -> tuple:
+    """`--jobs N` as N slots sharing this machine: ('cpu0', ..., 'cpu{N-1}'); 1 -> ONE_SLOT. Anything else is one line."""
+    n = int(value) if str(value).strip().isdigit() else 0
+    if n < 1:
+        raise RoadtopError(f"--jobs {value}: not a number of jobs: use a whole number such as --jobs 2 (at most "
+                           f"one per CPU core is useful)")
+    return ONE_SLOT if n == 1 else tuple(f"{SHARED}{k}" for k in range(n))
+
+
 def job_env(env: dict, card, cards: tuple, cpus: int) -> dict:
-    """The environment of a job on `card` when `cards` run at once: it sees only its card (CUDA_VISIBLE_DEVICES), and
-    gets its share of this run's CPU threads (OMP_NUM_THREADS if set, else `cpus`), which the notebooks' DataLoader
-    workers follow too (roadtop.train.num_workers). One slot, no card: the environment as it is."""
+    """The environment of a job in slot `card` when `cards` run at once: on a card of --gpus it sees only that card
+    (CUDA_VISIBLE_DEVICES); in a --jobs slot it sees what this process sees. Either way it gets its share of this
+    run's CPU threads (OMP_NUM_THREADS if set, else `cpus`), which the notebooks' DataLoader workers follow too
+    (roadtop.train.num_workers). One slot: the environment as it is."""
     if card is None:
         return dict(env)
     threads = int(env.get("OMP_NUM_THREADS") or 0) or cpus
-    return {**env, "CUDA_VISIBLE_DEVICES": str(card), "OMP_NUM_THREADS": str(max(1, threads // len(cards)))}
+    share = {"OMP_NUM_THREADS": str(max(1, threads // len(cards)))}
+    return {**env, **share} if str(card).startswith(SHARED) else {**env, "CUDA_VISIBLE_DEVICES": str(card), **share}
