@@ -20,6 +20,26 @@ def test_time_estimate_counts_epochs_validation_and_tta():
     # 13 epochs x 800 images x 0.01 s + 14 validations x 200 x 0.004 + 5 TTA passes x 500 x 0.004 + start-up
     assert budget.estimate_seconds(0.01, 0.004, counts, p, overhead_s=7) == pytest.approx(104 + 11.2 + 10 + 7)
 
+def test_a_stage_that_trains_two_models_expects_twice_the_training_time():
+    """multitarget trains the disease-only model beside the multi-target one, each for the run's epochs."""
+    counts = {"n_train": 1000, "n_holdout": 100, "n_test": 400}
+    p = {"epochs": 12, "finetune": True, "tta_n": 4, "valid_pct": 0.2}
+    assert budget.estimate_seconds(0.01, 0.004, counts, p, overhead_s=7, fits=2) == \
+        pytest.approx(2 * (104 + 11.2) + 10 + 7)
+    from roadtop.dag.stages import stage
+    assert stage("multitarget").fits == 2 and stage("train").fits == 1
+
+
+def test_expected_seconds_are_the_plans_estimates_per_job_and_none_before_the_probe(tmp_path, tiny_data):
+    plan = load_plan(_paddy_like(tmp_path, tiny_data))
+    assert budget.expected_seconds(plan) == {}  # the probe has not run
+    _write_probe(plan, {"res": [T(1, "oom"), T(2, peak=12.0, s=0.15)], "cnx": [T(1, peak=10.0, s=0.05)]})
+    got = budget.expected_seconds(plan)
+    rows = {r["job"]: r["seconds"] for r in budget.plan_rows(plan)[0]}
+    assert got == rows and set(got) == {"train/res", "train/cnx"} and got["train/res"] > 2.5 * got["train/cnx"]
+    assert budget.expected_seconds(load_plan(tiny_plan(tmp_path, tiny_data))) == {}  # a plan without a probe
+
+
 def _write_probe(plan, trials: dict, gpu=True, seconds=120.0, counts=None):
     """A hand-made probe.json for `plan`: run -> trials, with the plan's current specs."""
     pj = plan.job("probe")

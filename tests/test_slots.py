@@ -113,3 +113,13 @@ def test_a_job_in_a_jobs_slot_sees_the_machines_cards_and_gets_its_share_of_the_
     assert job_env(env, "cpu1", ("cpu0", "cpu1"), cpus=16) == {**env, "OMP_NUM_THREADS": "4"}
     assert "CUDA_VISIBLE_DEVICES" not in job_env({}, "cpu0", ("cpu0", "cpu1"), cpus=2)
     assert job_env({}, "cpu0", ("cpu0", "cpu1"), cpus=2)["OMP_NUM_THREADS"] == "1"  # 2 cores, 2 jobs: one each
+
+
+def test_given_expected_seconds_the_longest_job_that_may_start_goes_first():
+    secs = {"a": 30.0, "b": 70.0, "c": 50.0}
+    assert decide(PLAN, set(), {}, CARDS, secs).start == ("b", "0")
+    assert decide(PLAN, set(), {"b": "0"}, CARDS, secs).start == ("c", "1")
+    assert decide(PLAN, {"b"}, {"c": "1"}, CARDS, secs).start == ("a", "0")
+    # without an estimate a job keeps plan order, after those with one; one still waits for its upstream jobs
+    assert decide(PLAN, set(), {}, CARDS, {"c": 5.0}).start == ("c", "0")
+    assert decide(PLAN, {"a", "b"}, {"c": "0"}, CARDS, {"e": 99.0}).start is None

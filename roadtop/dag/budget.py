@@ -12,7 +12,7 @@ from ..errors import RoadtopError
 from .records import FAILED
 from .stages import stage
 
-__all__ = ["RUN_OVERHEAD_S", "run_key", "probe_runs", "probe_stages", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "check_plan"]
+__all__ = ["RUN_OVERHEAD_S", "run_key", "probe_runs", "probe_stages", "load_probe", "resolve_accum", "estimate_seconds", "plan_rows", "expected_seconds", "check_plan"]
 
 
 INFER_RATIO = 1 / 3  # forward-only cost relative to a training step, when inference was not timed
@@ -87,16 +87,17 @@ def resolve_accum(plan, job) -> int:
 
 
 def estimate_seconds(s_fit: float, s_infer: float, counts: dict, params: dict,
-                     overhead_s: float = RUN_OVERHEAD_S) -> float:
-    """One run's time: (fine_tune's frozen epoch +) epochs over the fit split, validation, final validate, TTA,
-    plus a fixed start-up overhead."""
+                     overhead_s: float = RUN_OVERHEAD_S, fits: int = 1) -> float:
+    """One run's time: (fine_tune's frozen epoch +) epochs over the fit split, validation, final validate, for each
+    of the `fits` models it trains (multitarget: 2, the disease-only model beside it), TTA, plus a fixed start-up
+    overhead."""
     n_train = counts["n_train"]
     vp = params.get("valid_pct", 0.2)
     n_fit, n_valid = n_train * (1 - vp), n_train * vp
     epochs = params.get("epochs", 1) + (1 if params.get("finetune") else 0)
     tta_passes = params.get("tta_n", 4) + 1  # fastai's tta: n augmented passes + one plain pass
     s_infer = s_infer if s_infer else s_fit * INFER_RATIO
-    return overhead_s + (epochs * n_fit * s_fit + (epochs + 1) * n_valid * s_infer
+    return overhead_s + (fits * (epochs * n_fit * s_fit + (epochs + 1) * n_valid * s_infer)
             + tta_passes * (counts["n_test"] + counts.get("n_holdout", 0)) * s_infer)
 
 
@@ -126,7 +127,8 @@ def plan_rows(plan) -> tuple:
         t = next((t for t in e["trials"] if t["accum"] == acc), None)
         fits = t is not None and trial_fits(t, budget, margin)
         s_fit, s_inf = _speed(e["trials"], acc)
-        secs = estimate_seconds(s_fit, s_inf, probe["counts"], job.params) if s_fit else float("nan")
+        secs = (estimate_seconds(s_fit, s_inf, probe["counts"], job.params, fits=stage(job.stage).fits)
+                if s_fit else float("nan"))
         cum += 0 if math.isnan(secs) else secs
         if t is None:
             peak, peak_txt = None, "not probed"
@@ -138,9 +140,19 @@ def plan_rows(plan) -> tuple:
         # predicting the test set again with TTA (a code competition's rerun): forward passes only
         predict_s = (job.params.get("tta_n", 4) + 1) * probe["counts"]["n_test"] * (s_inf or s_fit * INFER_RATIO) \
             if s_fit else float("nan")
-        rows.append({"run": name, "accum": acc, "auto": auto, "peak_gb": peak, "peak": peak_txt, "fits": fits,
+        rows.append({"run": name, "job": job.name, "accum": acc, "auto": auto, "peak_gb": peak, "peak": peak_txt, "fits": fits,
                      "seconds": secs, "cumulative": cum, "predict_seconds": predict_s})
     return rows, pj, probe
+
+
+def expected_seconds(plan) -> dict:
+    """job name -> its expected seconds, from the probe (what `run --jobs` / `--gpus` starts longest first);
+    empty until the probe has run (or when it failed, or the plan has none)."""
+    try:
+        rows, _, _ = plan_rows(plan)
+    except RoadtopError:
+        return {}
+    return {r["job"]: r["seconds"] for r in rows if not math.isnan(r["seconds"])}
 
 
 def check_plan(plan, override: bool = False, log=print, checks=()) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import RoadtopError
 from ..paths import atomic_write
-from .budget import resolve_accum
+from .budget import expected_seconds, resolve_accum
 from .checks import cached_check, check_runs_dirs, raise_problems, walk_problems
 from .datafiles import scan
 from .fingerprint import data_fingerprint, fingerprint, job_parts
@@ -245,9 +245,12 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
     tags = {j.name: f"[{k}/{n}] {j.name}" for k, j in enumerate(plan.jobs, 1)}
     on = {c: "" if c is None else f" on {slot_label(c)}" for c in cards}
     launcher = Inline(execute_job) if cards == ONE_SLOT else JobProcs(cards)
+    seconds = {}  # side by side: job -> expected seconds once the probe has run, so the longest starts first
     with launcher:
         while True:
-            d = decide(plan.jobs, {m for m in seen if m not in running}, running, cards)
+            if cards != ONE_SLOT and not seconds:
+                seconds = expected_seconds(plan)
+            d = decide(plan.jobs, {m for m in seen if m not in running}, running, cards, seconds)
             for name, why in d.waits.items() if cards != ONE_SLOT and not d.start else ():
                 if name not in said:  # once, when it first waits for a job to end
                     said[name] = why

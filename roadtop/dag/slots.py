@@ -34,16 +34,20 @@ class Decision:
     waits: dict = field(default_factory=dict)
 
 
-def decide(jobs, settled, running: dict, cards: tuple) -> Decision:
-    """The next job to start, in plan order, and why the others wait.
+def decide(jobs, settled, running: dict, cards: tuple, seconds=None) -> Decision:
+    """The next job to start, in plan order (given `seconds`, the longest expected first), and why the others wait.
 
     `jobs`: the plan's jobs in order (each with .name and .needs); `settled`: the names that ran, were skipped or
     failed; `running`: name -> card of the jobs running now; `cards`: every card of this run, one slot each. A job
     may start once each job it needs is settled; it gets the first free card, in the order the cards were given.
+    `seconds`: job name -> expected seconds (the probe's estimates): of the jobs that may start, the longest goes
+    first, so the long runs do not end last, one after the other (jobs without an estimate keep plan order, after
+    those with one): longest-processing-time-first, the classic greedy for jobs on parallel machines.
     """
     free = [c for c in cards if c not in running.values()]
     start, waits = None, {}
-    for j in jobs:
+    seconds = seconds or {}
+    for j in sorted(jobs, key=lambda j: -seconds.get(j.name, 0)):
         if j.name in settled or j.name in running:
             continue
         busy = [n for n in j.needs if n in running]
