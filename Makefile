@@ -29,8 +29,8 @@ $(STAMP): requirements.txt pyproject.toml | $(if $(VENV),$(PY))
 
 install: $(STAMP)
 
-demo: install  ## the whole pipeline on the embedded demo -> outputs/submission.csv
-	$(PY) pipeline.py run --params params/demo.yaml
+demo: install  ## the whole pipeline on the embedded demo -> outputs/submission.csv (two jobs at once, one per core)
+	$(PY) pipeline.py run --params params/demo.yaml --jobs 2
 
 test: install  ## the test suite (runs the demo end to end too)
 	$(PY) -m pytest -q -n auto --dist loadgroup

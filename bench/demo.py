@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Benchmark: the whole demo pipeline end to end (fresh output folder, data already generated), against its goal.
 
-    python bench/demo.py [--params params/demo.yaml] [--goal 180] [--repeat 1]
+    python bench/demo.py [--params params/demo.yaml] [--jobs 1 2] [--goal 180] [--repeat 1]
 
-Prints each job's seconds and the total next to the goal (<= 3 min on a 2-core CPU machine), and the demo's holdout
-table (what the prose of the notebooks claims: every member >= 0.80, the ensemble >= its best member). With
---repeat N it runs N times and prints the best and the median total: on a shared machine timings are noisy.
+Runs the demo one job at a time (--jobs 1, the baseline: torch's default threads) and as `make demo` does (--jobs 2:
+two jobs at once, one thread each, the longest expected first), and prints each job's seconds side by side, the
+totals next to the goal (<= 3 min on a 2-core CPU machine), and each run's holdout table (with one thread per job
+the numbers are those of `make test`'s demo; torch's default threads round differently). With --repeat N it runs N
+times at each and prints the best and the median total: on a shared machine timings are noisy.
 """
 
 import argparse
@@ -22,11 +24,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_once(params: str) -> tuple:
-    """One `pipeline.py run` in a fresh folder: (total seconds, [(job, seconds)], holdout table)."""
+def run_once(params: str, jobs: int) -> tuple:
+    """One `pipeline.py run --jobs N` in a fresh folder: (total seconds, [(job, seconds)], holdout table)."""
     with tempfile.TemporaryDirectory() as out:
         t0 = time.time()
-        r = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "run", "--params", params, "--out", out],
+        r = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "run", "--params", params, "--out", out,
+                            "--jobs", str(jobs)],
                            cwd=ROOT, capture_output=True, text=True)
         total = time.time() - t0
         if r.returncode:
@@ -39,29 +42,40 @@ def run_once(params: str) -> tuple:
 
 
 def main():
-    """Run the demo `--repeat` times; print per-job seconds, totals against the goal, and the holdout table."""
+    """Run the demo `--repeat` times at each --jobs; per-job seconds side by side, totals against the goal, and the
+    holdout table of each."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--params", default=str(ROOT / "params" / "demo.yaml"))
+    ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2],
+                    help="jobs at once, each compared (default: 1, the baseline one at a time, and 2, make demo's)")
     ap.add_argument("--goal", type=float, default=180.0, help="seconds the demo may take")
-    ap.add_argument("--repeat", type=int, default=1, help="runs to make (best and median reported)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs to make at each --jobs (best and median reported)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from roadtop.dag.plan import load_plan, resolve_plan_data
 
     resolve_plan_data(load_plan(args.params), progress=False)  # generation is install-time work, not timed
-    totals = []
-    for i in range(args.repeat):
-        total, rows, table = run_once(args.params)
-        totals.append(total)
-        print(f"run {i + 1}/{args.repeat}\n{'job':32s} {'seconds':>8s}")
-        for job, s in rows:
-            print(f"{job:32s} {s:8.1f}")
-        print(f"{'total (pipeline.py run)':32s} {total:8.1f}   goal <= {args.goal:.0f}   "
-              f"{'OK' if total <= args.goal else 'OVER'}")
-        if table is not None:
-            print(table.to_string(index=False))
-    if args.repeat > 1:
-        print(f"totals {[round(t, 1) for t in totals]}: best {min(totals):.1f}, median {statistics.median(totals):.1f}")
+    totals, seconds, tables = {}, {}, {}
+    for n in args.jobs:
+        for i in range(args.repeat):
+            total, rows, tables[n] = run_once(args.params, n)
+            totals.setdefault(n, []).append(total)
+            print(f"--jobs {n}: run {i + 1}/{args.repeat}: {total:.1f} s", flush=True)
+            for job, s in rows:
+                seconds.setdefault(job, {})[n] = s  # the last run's
+    cols = [f"--jobs {n}" for n in args.jobs]
+    print(f"\n{'job (seconds, last run)':32s} " + " ".join(f"{c:>9s}" for c in cols))
+    for job, by in seconds.items():
+        print(f"{job:32s} " + " ".join(f"{by.get(n, float('nan')):9.1f}" for n in args.jobs))
+    print(f"{'total (pipeline.py run), median':32s} " + " ".join(f"{statistics.median(totals[n]):9.1f}"
+                                                                 for n in args.jobs))
+    for n in args.jobs:
+        t = totals[n]
+        print(f"--jobs {n}: totals {[round(x, 1) for x in t]}, best {min(t):.1f}, median {statistics.median(t):.1f}"
+              f"   goal <= {args.goal:.0f}   {'OK' if statistics.median(t) <= args.goal else 'OVER'}")
+    for n in args.jobs:
+        if tables[n] is not None:
+            print(f"\nholdout, --jobs {n}:\n{tables[n].to_string(index=False)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny generated Paddy dataset, tiny run plans that train in seconds on CPU, and the demo run."""
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,21 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "params" / "demo.yaml"
+
+
+def make_demo_args() -> list:
+    """The options `make demo` gives `pipeline.py run` after its --params (e.g. ['--jobs', '2']), read from the
+    Makefile, so the demo the tests check is the one `make demo` runs."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("demo:")]
+    args = shlex.split(lines[starts[0] + 1]) if starts and starts[0] + 1 < len(lines) else []
+    if "run" not in args or "--params" not in args:
+        raise RuntimeError("Makefile: the demo target's first recipe line should be `$(PY) pipeline.py run --params "
+                           "params/demo.yaml [options]`: the demo fixture runs those options")
+    return args[args.index("--params") + 2:]
+
+
+DEMO_RUN = make_demo_args()
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 # One torch thread per process: `make test` runs two test workers on the two cores, and each notebook kernel and
 # pipeline they start inherits this; two processes of two OpenMP threads each on two cores spin against each other
@@ -70,11 +86,12 @@ def pipeline(*args, check=True, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
-    """`make demo`'s pipeline, the demo plan as shipped, run once in a fresh output folder: (plan, out, run, data)."""
+    """`make demo`'s pipeline (`--jobs 2`), the demo plan as shipped, run once in a fresh output folder:
+    (plan, out, run, data). Each of its two jobs at a time gets one torch thread, as every test process has."""
     from roadtop.dag.plan import load_plan, resolve_plan_data
 
     out = tmp_path_factory.mktemp("demo") / "out"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # the notebooks' warnings, as a user sees them
-    r = pipeline("run", "--params", DEMO, "--out", out, env=env)
+    r = pipeline("run", "--params", DEMO, "--out", out, *DEMO_RUN, env=env)
     plan = load_plan(DEMO, out)
     return plan, out, r, resolve_plan_data(plan, progress=False)

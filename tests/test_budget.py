@@ -24,10 +24,23 @@ def test_a_stage_that_trains_two_models_expects_twice_the_training_time():
     """multitarget trains the disease-only model beside the multi-target one, each for the run's epochs."""
     counts = {"n_train": 1000, "n_holdout": 100, "n_test": 400}
     p = {"epochs": 12, "finetune": True, "tta_n": 4, "valid_pct": 0.2}
-    assert budget.estimate_seconds(0.01, 0.004, counts, p, overhead_s=7, fits=2) == \
+    assert budget.estimate_seconds(0.01, 0.004, counts, p, overhead_s=7, models=2) == \
         pytest.approx(2 * (104 + 11.2) + 10 + 7)
     from roadtop.dag.stages import stage
-    assert stage("multitarget").fits == 2 and stage("train").fits == 1
+    assert stage("multitarget").models == 2 and stage("train").models == 1
+
+
+def test_the_plans_estimate_for_multitarget_counts_its_two_models(tmp_path, tiny_data):
+    same = {"arch": "test_resnet", "item_method": "squish", "item_size": 64, "size": 32}
+    plan = load_plan(tiny_plan(tmp_path, tiny_data, runs={"res": {"arch": "test_resnet"}}, probe={},
+                               multitarget={**same, "epochs": 1, "tta_n": 1}))
+    _write_probe(plan, {"res": [T(1, peak=3.0, s=0.05)], "multitarget": [T(1, peak=3.0, s=0.05)]})
+    got = budget.expected_seconds(plan)
+    fixed = budget.RUN_OVERHEAD_S
+    train_part = budget.estimate_seconds(0.05, None, {"n_train": 9367, "n_holdout": 0, "n_test": 0},
+                                         plan.job("train/res").params, overhead_s=0)
+    assert got["multitarget"] - got["train/res"] == pytest.approx(train_part)  # a second model's epochs, no more
+    assert got["multitarget"] > 1.8 * (got["train/res"] - fixed)
 
 
 def test_expected_seconds_are_the_plans_estimates_per_job_and_none_before_the_probe(tmp_path, tiny_data):

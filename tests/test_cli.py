@@ -78,7 +78,7 @@ def test_jobs_and_gpus_together_or_a_bad_jobs_value_is_one_line_exit_2_and_nothi
                                                                                              capsys):
     plan = tiny_plan(tmp_path, tiny_data)
     for args, said in ((["--jobs", "2", "--gpus", "0,1"], "--gpus 0,1 and --jobs 2: give one of them"),
-                       (["--jobs", "two"], "--jobs two: not a number of jobs")):
+                       (["--jobs", "two"], "--jobs two: not a number of jobs (1 or more)")):
         assert cli.main(["run", "--params", str(plan), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {said}") and err.count("\n") == 1

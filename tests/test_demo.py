@@ -3,12 +3,13 @@
 Its report.html is tested in test_report.py."""
 
 import json
+import re
 import sys
 
 import nbformat
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import DEMO_RUN, ROOT
 
 from roadtop.ensemble import load_choice
 from roadtop.preds import load_preds
@@ -59,6 +60,23 @@ def _outputs_text(nb_file) -> str:
     """Everything the code cells of an executed notebook printed."""
     nb = nbformat.read(nb_file, as_version=4)
     return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_make_demo_runs_two_jobs_at_once_the_longest_expected_first(demo):
+    """`make demo` is `run --jobs 2`: once the probe has run, the training job it expects to take longest starts
+    first (roadtop.dag.budget.expected_seconds), so the long runs do not end one after the other."""
+    from roadtop.dag.budget import expected_seconds
+
+    plan, out, r, _ = demo
+    assert DEMO_RUN == ["--jobs", "2"] and "up to 2 at once on cpu0, cpu1" in r.stdout
+    secs = expected_seconds(plan)
+    assert set(secs) == {j.name for j in plan.jobs if j.stage in ("train", "multitarget")}
+    started = [m[1] for m in re.finditer(r"\] (\S+): running \S+ -> .* on cpu\d", r.stdout)]
+    trains = [n for n in started if n in secs]
+    in_plan_order = [j.name for j in plan.jobs if j.name in secs]
+    assert in_plan_order[0] != max(secs, key=secs.get), "the demo's estimates no longer tell the two orders apart"
+    assert trains[0] == max(secs, key=secs.get) and sorted(trains, key=secs.get, reverse=True)[:2] == trains[:2]
+    assert started[0] == "probe" and started[-2:] == ["ensemble", "predict"]
 
 
 def test_probe_ran_first_and_an_accum_2_run_accumulates(demo):

@@ -7,7 +7,7 @@ import sys
 import nbformat
 
 from conftest import ROOT
-from roadtop.dag.execute import execute_job, read_spec, run_one, write_spec
+from roadtop.dag.execute import execute_job, read_spec, write_spec
 from roadtop.dag.render import Job
 
 
@@ -36,11 +36,13 @@ def test_a_rendered_job_becomes_a_plain_spec_that_survives_the_spec_file(tmp_pat
     assert read_spec(tmp_path / "job.pickle") == (spec, "fp", {"params": {}})
 
 
-def test_run_one_runs_the_notebook_with_its_parameters_and_hands_back_its_record(tmp_path):
+def test_a_jobs_process_runs_the_notebook_with_its_parameters_and_hands_back_its_record(tmp_path):
     _notebook(tmp_path / "t.ipynb", "open('n.txt', 'w').write(str(n * 2))")
     job = Job("train/x", "train", tmp_path / "t.ipynb", {"n": 21}, tmp_path / "x").spec()
     write_spec(tmp_path / "job.pickle", job, "fp1", {})
-    assert run_one(tmp_path / "job.pickle", tmp_path / "result.json") == 0
+    # as JobProcs starts it: `python -m roadtop.dag.execute SPEC RESULT` (run_one), a process of its own
+    subprocess.run([sys.executable, "-m", "roadtop.dag.execute", str(tmp_path / "job.pickle"),
+                    str(tmp_path / "result.json")], cwd=ROOT, check=True, timeout=300)
     rec = json.loads((tmp_path / "result.json").read_text())
     assert rec["state"] == "complete" and rec["params"] == {"n": 21} and rec["fingerprint"] == "fp1"
     assert (tmp_path / "n.txt").read_text() == "42"  # the notebook ran in its own folder, with n = 21

@@ -100,11 +100,12 @@ def test_jobs_are_slots_sharing_the_machine_named_apart_from_cards():
     assert decide(PLAN, settled={"a"}, running={"b": "cpu1"}, cards=("cpu0", "cpu1")).start == ("c", "cpu0")
 
 
-@pytest.mark.parametrize("value", ["0", "x", "-2", "", "1.5"])
+@pytest.mark.parametrize("value", ["0", "x", "-2", "", "1.5", "²"])
 def test_a_bad_jobs_value_is_one_line(value):
     with pytest.raises(RoadtopError) as e:
         parse_jobs(value)
-    assert str(e.value).startswith(f"--jobs {value}: not a number of jobs: use a whole number such as --jobs 2")
+    assert str(e.value).startswith(f"--jobs {value}: not a number of jobs (1 or more): use a whole number such as "
+                                   f"--jobs 2")
     assert "\n" not in str(e.value)
 
 
@@ -113,6 +114,7 @@ def test_a_job_in_a_jobs_slot_sees_the_machines_cards_and_gets_its_share_of_the_
     assert job_env(env, "cpu1", ("cpu0", "cpu1"), cpus=16) == {**env, "OMP_NUM_THREADS": "4"}
     assert "CUDA_VISIBLE_DEVICES" not in job_env({}, "cpu0", ("cpu0", "cpu1"), cpus=2)
     assert job_env({}, "cpu0", ("cpu0", "cpu1"), cpus=2)["OMP_NUM_THREADS"] == "1"  # 2 cores, 2 jobs: one each
+    assert job_env({"OMP_NUM_THREADS": "4,2"}, "cpu0", ("cpu0", "cpu1"), cpus=16)["OMP_NUM_THREADS"] == "2"  # a list
 
 
 def test_given_expected_seconds_the_longest_job_that_may_start_goes_first():

@@ -87,9 +87,9 @@ def resolve_accum(plan, job) -> int:
 
 
 def estimate_seconds(s_fit: float, s_infer: float, counts: dict, params: dict,
-                     overhead_s: float = RUN_OVERHEAD_S, fits: int = 1) -> float:
+                     overhead_s: float = RUN_OVERHEAD_S, models: int = 1) -> float:
     """One run's time: (fine_tune's frozen epoch +) epochs over the fit split, validation, final validate, for each
-    of the `fits` models it trains (multitarget: 2, the disease-only model beside it), TTA, plus a fixed start-up
+    of the `models` it trains (multitarget: 2, the disease-only model beside it), TTA, plus a fixed start-up
     overhead."""
     n_train = counts["n_train"]
     vp = params.get("valid_pct", 0.2)
@@ -97,7 +97,7 @@ def estimate_seconds(s_fit: float, s_infer: float, counts: dict, params: dict,
     epochs = params.get("epochs", 1) + (1 if params.get("finetune") else 0)
     tta_passes = params.get("tta_n", 4) + 1  # fastai's tta: n augmented passes + one plain pass
     s_infer = s_infer if s_infer else s_fit * INFER_RATIO
-    return overhead_s + (fits * (epochs * n_fit * s_fit + (epochs + 1) * n_valid * s_infer)
+    return overhead_s + (models * (epochs * n_fit * s_fit + (epochs + 1) * n_valid * s_infer)
             + tta_passes * (counts["n_test"] + counts.get("n_holdout", 0)) * s_infer)
 
 
@@ -127,7 +127,7 @@ def plan_rows(plan) -> tuple:
         t = next((t for t in e["trials"] if t["accum"] == acc), None)
         fits = t is not None and trial_fits(t, budget, margin)
         s_fit, s_inf = _speed(e["trials"], acc)
-        secs = (estimate_seconds(s_fit, s_inf, probe["counts"], job.params, fits=stage(job.stage).fits)
+        secs = (estimate_seconds(s_fit, s_inf, probe["counts"], job.params, models=stage(job.stage).models)
                 if s_fit else float("nan"))
         cum += 0 if math.isnan(secs) else secs
         if t is None:
@@ -150,7 +150,7 @@ def expected_seconds(plan) -> dict:
     empty until the probe has run (or when it failed, or the plan has none)."""
     try:
         rows, _, _ = plan_rows(plan)
-    except RoadtopError:
+    except (RoadtopError, KeyError, TypeError, ValueError):  # no usable probe.json: plan order it is (`plan` says why)
         return {}
     return {r["job"]: r["seconds"] for r in rows if not math.isnan(r["seconds"])}
 

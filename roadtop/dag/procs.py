@@ -1,8 +1,9 @@
-"""Jobs in processes of their own, each seeing only its card: what `run --gpus` starts, and what each comes back with.
+"""Jobs in processes of their own, one per slot: what `run --gpus` / `--jobs` starts, and what each comes back with.
 
 Each job is `python -m roadtop.dag.execute SPEC RESULT`: execute_job, as a one-at-a-time run calls it, on one
-job's JobSpec, its record written to RESULT. The process, and the notebook kernel papermill starts in it, get the environment of
-roadtop.dag.slots.job_env (CUDA_VISIBLE_DEVICES: its card; OMP_NUM_THREADS: its share of the CPU threads).
+job's JobSpec, its record written to RESULT. The process, and the notebook kernel papermill starts in it, get the
+environment of roadtop.dag.slots.job_env (OMP_NUM_THREADS: its share of the CPU threads; with --gpus, CUDA_VISIBLE_DEVICES: its
+card).
 """
 
 import json
@@ -23,7 +24,7 @@ CHILD = "roadtop.dag.execute"  # the module a job's process runs (`python -m`), 
 
 
 class JobProcs:
-    """Up to len(cards) jobs at once, one process each: `start` one on a free card, `next` waits for one to end.
+    """Up to len(cards) jobs at once, one process each: `start` one in a free slot, `next` waits for one to end.
 
     Used as a context manager: leaving it (an error, Ctrl-C) stops the processes still running, and waits for them.
     """

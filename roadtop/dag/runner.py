@@ -230,7 +230,8 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
 
     `cards` (roadtop.dag.slots.parse_gpus or parse_jobs): one slot each. ONE_SLOT (the default) runs one job at a
     time in this process, in plan order; more run up to one job per slot at once, each in its own process (that
-    sees only its card, for --gpus). Either way roadtop.dag.slots.decide picks the next job that may start (its upstream jobs settled) and
+    sees only its card, for --gpus). Either way roadtop.dag.slots.decide picks the next job that may start (its
+    upstream jobs settled; side by side, the longest the probe expects first) and
     job_step says whether it has to run.
     """
     t_start = time.time()
@@ -245,12 +246,13 @@ def run_plan(plan, force=False, only=None, allow_partial=False, skip_bad=False, 
     tags = {j.name: f"[{k}/{n}] {j.name}" for k, j in enumerate(plan.jobs, 1)}
     on = {c: "" if c is None else f" on {slot_label(c)}" for c in cards}
     launcher = Inline(execute_job) if cards == ONE_SLOT else JobProcs(cards)
-    seconds = {}  # side by side: job -> expected seconds once the probe has run, so the longest starts first
+    seconds = {}  # side by side: job -> expected seconds once the probe has settled, the longest first
     with launcher:
         while True:
-            if cards != ONE_SLOT and not seconds:
-                seconds = expected_seconds(plan)
-            d = decide(plan.jobs, {m for m in seen if m not in running}, running, cards, seconds)
+            settled = {m for m in seen if m not in running}
+            if cards != ONE_SLOT and not seconds and any(stage(plan.job(m).stage).measures for m in settled):
+                seconds = expected_seconds(plan)  # the probe of this run: ran now, or up to date
+            d = decide(plan.jobs, settled, running, cards, seconds)
             for name, why in d.waits.items() if cards != ONE_SLOT and not d.start else ():
                 if name not in said:  # once, when it first waits for a job to end
                     said[name] = why

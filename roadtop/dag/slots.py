@@ -1,10 +1,9 @@
-"""Which jobs start now, and in which slot: `run --gpus` / `run --jobs` as data in, a decision out, no processes
-and no I/O.
+"""Which jobs start now, and in which slot: `run --gpus` / `run --jobs` in, a decision out, no processes, no I/O.
 
 A run of the plan holds one slot per card it was given (`--gpus 0,1`: two; no `--gpus`: one slot, the card the
 process already sees), or `--jobs N` slots that share this machine (named cpu0, cpu1, ...: each job sees the cards
-this process sees, and gets its share of the CPU threads). A job starts when its upstream jobs are settled (ran, were skipped, or failed) and a slot is
-free; until then it waits, and `decide` says what for. Whether a job that may start has to run at all (up to date,
+this process sees, and gets its share of the CPU threads). A job starts when its upstream jobs are settled (ran,
+were skipped, or failed) and a slot is free; until then it waits, and `decide` says what for. Whether a job that may start has to run at all (up to date,
 not in --only, an ensemble short of members) is the runner's `job_step`, as in a sequential run.
 """
 
@@ -14,7 +13,7 @@ from ..errors import RoadtopError
 
 __all__ = ["ONE_SLOT", "Decision", "decide", "parse_gpus", "parse_jobs", "slot_label", "job_env"]
 
-ONE_SLOT = (None,)  # no --gpus: one job at a time, in this process, on whatever card it sees
+ONE_SLOT = (None,)  # no --gpus, --jobs 1: one job at a time, in this process, on whatever card it sees
 SHARED = "cpu"  # the name of a --jobs slot, then its number: no card of its own
 
 
@@ -99,11 +98,12 @@ def parse_gpus(value, visible=None, cuda_visible=None) -> tuple:
 
 
 def parse_jobs(value) -> tuple:
-    """`--jobs N` as N slots sharing this machine: ('cpu0', ..., 'cpu{N-1}'); 1 -> ONE_SLOT. Anything else is one line."""
-    n = int(value) if str(value).strip().isdigit() else 0
-    if n < 1:
-        raise RoadtopError(f"--jobs {value}: not a number of jobs: use a whole number such as --jobs 2 (at most "
-                           f"one per CPU core is useful)")
+    """`--jobs N` as N slots sharing this machine: ('cpu0', ..., 'cpu{N-1}'); 1 -> ONE_SLOT. Else one line."""
+    text = str(value).strip()
+    if not (text.isascii() and text.isdecimal()) or int(text) < 1:
+        raise RoadtopError(f"--jobs {value}: not a number of jobs (1 or more): use a whole number such as --jobs 2 "
+                           f"(at most one per CPU core is useful)")
+    n = int(text)
     return ONE_SLOT if n == 1 else tuple(f"{SHARED}{k}" for k in range(n))
 
 
@@ -114,6 +114,7 @@ def job_env(env: dict, card, cards: tuple, cpus: int) -> dict:
     (roadtop.train.num_workers). One slot: the environment as it is."""
     if card is None:
         return dict(env)
-    threads = int(env.get("OMP_NUM_THREADS") or 0) or cpus
+    first = str(env.get("OMP_NUM_THREADS") or "").split(",")[0].strip()  # OpenMP also takes a list: "4,2"
+    threads = (int(first) if first.isascii() and first.isdecimal() else 0) or cpus
     share = {"OMP_NUM_THREADS": str(max(1, threads // len(cards)))}
     return {**env, **share} if str(card).startswith(SHARED) else {**env, "CUDA_VISIBLE_DEVICES": str(card), **share}

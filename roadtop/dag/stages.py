@@ -18,7 +18,7 @@ class Stage:
     upstream: tuple = ()  # stages whose jobs run first and whose outputs it reads (when the plan has them)
     many: bool = False  # the plan's section holds named runs (train: {defaults, runs}), one job each
     trains: bool = False  # trains a model: takes `accum`, is measured by the probe
-    fits: int = 1  # models a job of it trains, each for the run's epochs (what its expected time counts)
+    models: int = 1  # models a job of it trains, each for the run's epochs (what its expected time counts)
     gpu: bool = False  # wants a GPU (on Kaggle: enable_gpu)
     paddy: bool = False  # reads the Paddy data (the data check runs first)
     member: bool = False  # its saved predictions feed the ensemble
@@ -39,7 +39,7 @@ STAGES = {s.name: s for s in (
     Stage("probe", "probe.ipynb", gpu=True, paddy=True, measures=True),
     Stage("train", "train.ipynb", ("probe",), many=True, trains=True, gpu=True, paddy=True, member=True,
           csv_columns=("label",)),
-    Stage("multitarget", "multitarget.ipynb", ("probe",), trains=True, fits=2, gpu=True, paddy=True, member=True,
+    Stage("multitarget", "multitarget.ipynb", ("probe",), trains=True, models=2, gpu=True, paddy=True, member=True,
           csv_columns=("label", "variety")),
     Stage("collab", "collab.ipynb"),
     Stage("ensemble", "ensemble.ipynb", ("train", "multitarget"), paddy=True, publishes=("submission.csv",)),
