@@ -36,11 +36,9 @@ def test_the_plans_estimate_for_multitarget_counts_its_two_models(tmp_path, tiny
                                multitarget={**same, "epochs": 1, "tta_n": 1}))
     _write_probe(plan, {"res": [T(1, peak=3.0, s=0.05)], "multitarget": [T(1, peak=3.0, s=0.05)]})
     got = budget.expected_seconds(plan)
-    fixed = budget.RUN_OVERHEAD_S
     train_part = budget.estimate_seconds(0.05, None, {"n_train": 9367, "n_holdout": 0, "n_test": 0},
                                          plan.job("train/res").params, overhead_s=0)
     assert got["multitarget"] - got["train/res"] == pytest.approx(train_part)  # a second model's epochs, no more
-    assert got["multitarget"] > 1.8 * (got["train/res"] - fixed)
 
 
 def test_expected_seconds_are_the_plans_estimates_per_job_and_none_before_the_probe(tmp_path, tiny_data):
