@@ -73,9 +73,10 @@ def test_make_demo_runs_two_jobs_at_once_the_longest_expected_first(demo):
     assert set(secs) == {j.name for j in plan.jobs if j.stage in ("train", "multitarget")}
     started = [m[1] for m in re.finditer(r"\] (\S+): running \S+ -> .* on cpu\d", r.stdout)]
     trains = [n for n in started if n in secs]
-    in_plan_order = [j.name for j in plan.jobs if j.name in secs]
-    assert in_plan_order[0] != max(secs, key=secs.get), "the demo's estimates no longer tell the two orders apart"
-    assert trains[0] == max(secs, key=secs.get) and sorted(trains, key=secs.get, reverse=True)[:2] == trains[:2]
+    # every run may start once the probe is done, so they start longest first; plan order differs from it at least
+    # in that the multi-target model (the ResNet's arch and size, two models) comes after the ResNet run
+    assert secs["multitarget"] > secs["train/resnet_squish"]
+    assert trains == sorted(secs, key=secs.get, reverse=True), (trains, secs)
     assert started[0] == "probe" and started[-2:] == ["ensemble", "predict"]
 
 
